@@ -1,0 +1,21 @@
+"""gpu-llm: bare Ubuntu GPU server -> tuned, verified vLLM endpoint serving Qwen3-32B-AWQ.
+
+    pyinfra inventory.py deploy.py
+
+Table of contents only; each step is one @deploy in gpu_llm/deploys/. The model download starts in the
+background right after preflight (it is the longest step) and is joined before the container starts.
+"""
+
+from gpu_llm.deploys.docker import docker
+from gpu_llm.deploys.model import model_download_start, model_download_wait
+from gpu_llm.deploys.nvidia import nvidia
+from gpu_llm.deploys.preflight import preflight
+from gpu_llm.deploys.vllm import vllm, vllm_verify
+
+preflight()              # OS, arch, root, disk, GPUs on the PCI bus, settings: refuses before any change
+model_download_start()   # huggingface-hub in its own venv, download runs as a transient systemd unit
+nvidia()                 # NVIDIA driver (pinned, held, reboot if needed) + CUDA toolkit
+docker()                 # Docker + NVIDIA Container Toolkit, daemon.json merged
+model_download_wait()    # join the download, verify sizes/hashes, manifest
+vllm()                   # chat template, env files, tuned vLLM container(s) labelled with their spec hash
+vllm_verify()            # /health wait, one chat completion without <think>

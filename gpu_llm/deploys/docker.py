@@ -1,0 +1,50 @@
+"""Docker (Docker's repo or the distro's docker.io), NVIDIA Container Toolkit, daemon.json, GPU-safe udev rule."""
+
+from __future__ import annotations
+
+from pyinfra import host
+from pyinfra.api import deploy
+from pyinfra.operations import apt, files, server, systemd
+
+from gpu_llm.deploys import FILES
+from gpu_llm.operations import docker as docker_ops
+from gpu_llm.settings import for_host
+
+NVCT_KEY = f"{docker_ops.KEYRINGS}/nvidia-container-toolkit.asc"
+NVCT_PACKAGES = ("nvidia-container-toolkit", "nvidia-container-toolkit-base", "libnvidia-container-tools",
+                 "libnvidia-container1")  # pinned together, as NVIDIA's install guide does
+
+
+@deploy("Docker and NVIDIA Container Toolkit")
+def docker() -> None:
+    s = for_host(host)
+    repos = []
+    if s.docker_package_source == "docker":
+        repos.append(docker_ops.docker_repo(name="Add Docker's apt repository", base_url=s.docker_repo_url))
+        docker_packages = ["docker-ce", "docker-ce-cli", "containerd.io"]
+    else:
+        docker_packages = ["docker.io"]
+    url = s.container_toolkit_repo_url.rstrip("/")
+    files.directory(name="Create /etc/apt/keyrings", path=docker_ops.KEYRINGS, mode="755")
+    files.download(name="Download NVIDIA Container Toolkit's signing key", src=f"{url}/gpgkey", dest=NVCT_KEY,
+                   mode="644")
+    repos.append(apt.repo(name="Add NVIDIA Container Toolkit's apt repository", filename="nvidia-container-toolkit",
+                          src=f"deb [signed-by={NVCT_KEY}] {url}/stable/deb/amd64 /"))
+    apt.update(name="Refresh apt lists for Docker and the Container Toolkit",
+               _if=lambda: any(r.did_change() for r in repos))
+    apt.packages(name="Install Docker", packages=docker_packages)
+    version = s.container_toolkit_version
+    apt.packages(name="Install NVIDIA Container Toolkit",
+                 packages=[f"{p}={version}" for p in NVCT_PACKAGES] if version else ["nvidia-container-toolkit"])
+    systemd.service(name="Enable and start Docker", service="docker", running=True, enabled=True)
+    runtime = docker_ops.nvidia_runtime(name="Register the NVIDIA runtime with Docker")
+    config = docker_ops.daemon_json(name="Merge gpu-llm's keys into /etc/docker/daemon.json",
+                                    config=s.docker_daemon_config)
+    rule = files.put(name="Keep GPUs in containers across systemctl daemon-reload (udev /dev/char links)",
+                     src=str(FILES / "71-nvidia-dev-char.rules"), dest="/etc/udev/rules.d/71-nvidia-dev-char.rules",
+                     mode="644")
+    server.shell(name="Create /dev/char links to the NVIDIA devices",
+                 # no driver loaded (GPU-less builder): the udev rule creates them when one binds
+                 commands=["if [ -d /proc/driver/nvidia ]; then nvidia-ctk system create-dev-char-symlinks --create-all; fi"], _if=rule.did_change)
+    systemd.service(name="Restart Docker for its new configuration", service="docker", restarted=True,
+                    _if=lambda: runtime.did_change() or config.did_change())

@@ -1,0 +1,48 @@
+"""Preflight deploy: refuse hosts gpu-llm cannot provision, before anything changes."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+from pyinfra import host, logger
+from pyinfra.api import deploy
+
+from gpu_llm.defaults import DEFAULTS
+from gpu_llm.operations import preflight as preflight_ops
+from gpu_llm.plan.types import QWEN3_32B_AWQ
+from gpu_llm.settings import for_host
+
+GIB = 1024**3
+
+
+@lru_cache(maxsize=None)
+def hub_repo_gib(repo: str, revision: str, endpoint: str, token: str | None) -> float | None:
+    """Size of a model snapshot from the hub's file list, asked from the deploying machine; None if unreachable."""
+    from huggingface_hub import HfApi  # only needed for a non-default model
+
+    try:
+        info = HfApi(endpoint=endpoint, token=token).model_info(repo, revision=revision, files_metadata=True)
+    except Exception as e:  # noqa: BLE001 - any hub failure only weakens the disk check, it must not stop deploys
+        logger.warning(f"preflight: could not size {repo}@{revision} on {endpoint} ({e.__class__.__name__}: {e}); "
+                       "checking free disk for the image only")
+        return None
+    return sum(s.size or 0 for s in info.siblings or []) / GIB
+
+
+def model_gib(settings) -> float:
+    """Disk the model snapshot needs: the known size of the default model, else the hub's file sizes."""
+    if settings.model_repo == DEFAULTS["model_repo"]:
+        return QWEN3_32B_AWQ.disk_gib
+    return hub_repo_gib(settings.model_repo, settings.model_revision, settings.hf_endpoint, settings.hf_token) or 0.0
+
+
+@deploy("Preflight")
+def preflight() -> None:
+    s = for_host(host)
+    preflight_ops.check(
+        name="Check the host can run gpu-llm",
+        path=s.model_dir,
+        supported_os=list(s.preflight_supported_os),
+        required_gib=round(model_gib(s) + s.preflight_image_gib, 1),
+        require_gpu=s.preflight_require_gpu,
+    )

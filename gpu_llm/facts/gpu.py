@@ -1,0 +1,154 @@
+"""NVIDIA GPUs of a host: from nvidia-smi when a driver runs, else from the PCI bus (works before any driver)."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+from pyinfra.api import FactBase
+
+from gpu_llm.facts import marker, sections
+from gpu_llm.plan.types import GPU
+
+NVIDIA_VENDOR = "0x10de"
+QUERY_FIELDS = "index,name,uuid,memory.total,compute_cap,driver_version,pci.bus_id"
+
+# NVIDIA GPUs on the PCI bus: "<sysfs path> <device id> <class>" (vendor 0x10de, class 0x03xxxx = display
+# controller; the GPUs' HDMI audio functions are class 0x0403 and left out). lspci is often missing (it was on
+# the reference H200 host), sysfs never is.
+PCI_COMMAND = (
+    "for d in /sys/bus/pci/devices/*; do "
+    '[ "$(cat "$d/vendor" 2>/dev/null)" = ' + NVIDIA_VENDOR + ' ] || continue; '
+    'c=$(cat "$d/class"); case "$c" in 0x03*) echo "$d $(cat "$d/device") $c";; esac; '
+    "done"
+)
+
+# nvidia-smi exit statuses (nvidia-smi(1) RETURN VALUE): 9 = driver not loaded; 18 = the user-space library and
+# the loaded kernel module differ (after a driver upgrade without reboot). The messages are checked as well
+# because older releases exit 9 for both.
+SMI_NO_DRIVER_RC = 9
+SMI_MISMATCH_RC = 18
+
+SmiState = str  # "ok" | "missing" | "no-driver" | "mismatch" | "error"
+
+
+@dataclass(frozen=True)
+class PciGpu:
+    """An NVIDIA display controller seen on the PCI bus."""
+
+    address: str  # "0000:00:06.0"
+    device_id: str  # "0x2335"
+
+
+@dataclass
+class GpuInventory:
+    """What the host has: `gpus` from nvidia-smi when `smi` is "ok", else from PCI ids (no names, memory 0)."""
+
+    smi: SmiState
+    gpus: list[GPU] = field(default_factory=list)
+    pci: list[PciGpu] = field(default_factory=list)
+    message: str = ""  # nvidia-smi's own words when it failed
+
+
+def parse_pci(lines: list[str]) -> list[PciGpu]:
+    """Parse PCI_COMMAND output (also the reference host's sysfs-pci.txt)."""
+    found = []
+    for line in lines:
+        parts = line.split()
+        if len(parts) >= 3 and parts[2].startswith("0x03"):
+            found.append(PciGpu(address=parts[0].rstrip("/").rsplit("/", 1)[-1], device_id=parts[1]))
+    return sorted(found, key=lambda p: p.address)
+
+
+def smi_state(rc: int | None, output: list[str]) -> SmiState:
+    """Classify an nvidia-smi run by exit status and message; rc None = nvidia-smi not installed."""
+    text = " ".join(output)
+    if rc is None:
+        return "missing"
+    if rc == SMI_MISMATCH_RC or "version mismatch" in text:
+        return "mismatch"
+    if rc == SMI_NO_DRIVER_RC or "couldn't communicate with the NVIDIA driver" in text:
+        return "no-driver"
+    return "ok" if rc == 0 else "error"
+
+
+def _cc(text: str) -> tuple[int, int]:
+    m = re.fullmatch(r"(\d+)\.(\d+)", text.strip())
+    return (int(m.group(1)), int(m.group(2))) if m else (0, 0)
+
+
+def _int(text: str) -> int:
+    return int(text) if text.strip().isdigit() else 0
+
+
+def parse_query_gpu(lines: list[str], interconnect: str | None = None) -> list[GPU]:
+    """Parse `nvidia-smi --query-gpu=QUERY_FIELDS --format=csv,noheader,nounits` (extra trailing fields ignored)."""
+    gpus = []
+    for line in lines:
+        f = [x.strip() for x in line.split(",")]
+        if len(f) < 7 or not f[0].isdigit():
+            continue
+        gpus.append(GPU(index=int(f[0]), name=f[1], memory_mib=_int(f[3]), compute_capability=_cc(f[4]),
+                        driver_version=f[5] or None, pci_bus_id=f[6] or None, uuid=f[2] or None,
+                        interconnect=interconnect))
+    return gpus
+
+
+def parse_topology(lines: list[str]) -> str | None:
+    """`nvidia-smi topo -m` -> "nvlink" if any GPU pair is linked by NV# links, "pcie" otherwise, None if empty."""
+    rows = [re.sub(r"\x1b\[[0-9;]*m", "", line).split() for line in lines]
+    gpu_rows = [r for r in rows if r and re.fullmatch(r"GPU\d+", r[0])]
+    if not gpu_rows:
+        return None
+    for row in gpu_rows:
+        if any(re.fullmatch(r"NV\d+", cell) for cell in row[1:]):
+            return "nvlink"
+    return "pcie"
+
+
+def gpus_from_pci(pci: list[PciGpu]) -> list[GPU]:
+    """GPUs before a driver exists: PCI order, unknown name/memory/compute capability."""
+    return [GPU(index=i, name=f"NVIDIA {p.device_id}", memory_mib=0, compute_capability=(0, 0),
+                pci_bus_id=p.address) for i, p in enumerate(pci)]
+
+
+def parse_inventory(lines: list[str]) -> GpuInventory:
+    """Parse NvidiaGpus output (sections pci, smi, rc, topo)."""
+    s = sections(lines)
+    pci = parse_pci(s.get("pci", []))
+    rc_text = (s.get("rc") or ["missing"])[0].strip()
+    rc = int(rc_text) if rc_text.lstrip("-").isdigit() else None
+    state = smi_state(rc, s.get("smi", []))
+    if state != "ok":
+        return GpuInventory(smi=state, gpus=gpus_from_pci(pci), pci=pci, message="\n".join(s.get("smi", [])).strip())
+    gpus = parse_query_gpu(s.get("smi", []), parse_topology(s.get("topo", [])))
+    return GpuInventory(smi=state, gpus=gpus, pci=pci)
+
+
+class NvidiaGpus(FactBase[GpuInventory]):
+    """
+    NVIDIA GPUs: nvidia-smi's view when a driver runs, the PCI bus otherwise; one round trip.
+
+    .. code:: python
+
+        GpuInventory(smi="ok", gpus=[GPU(index=0, name="NVIDIA H200", memory_mib=143771, ...)], pci=[...])
+    """
+
+    @staticmethod
+    def default() -> GpuInventory:
+        return GpuInventory(smi="missing")
+
+    def command(self) -> str:
+        return "; ".join([
+            marker("pci"), PCI_COMMAND,
+            marker("smi"),
+            "if command -v nvidia-smi >/dev/null 2>&1; then "
+            f"nvidia-smi --query-gpu={QUERY_FIELDS} --format=csv,noheader,nounits 2>&1; rc=$?; "
+            "else rc=missing; fi",
+            marker("rc"), 'echo "$rc"',
+            f'if [ "$rc" = 0 ]; then {marker("topo")}; nvidia-smi topo -m 2>/dev/null; fi',
+            "true",
+        ])
+
+    def process(self, output: list[str]) -> GpuInventory:
+        return parse_inventory(output)

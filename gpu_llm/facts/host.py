@@ -1,0 +1,88 @@
+"""What preflight checks about a host, gathered in one command: OS, CPU arch, privileges, free disk, GPUs on PCI."""
+
+from __future__ import annotations
+
+import shlex
+from dataclasses import dataclass, field
+
+from pyinfra.api import FactBase
+
+from gpu_llm.facts import marker, sections
+from gpu_llm.facts.gpu import PCI_COMMAND, PciGpu, parse_pci
+
+
+@dataclass
+class HostPreflight:
+    """`os_id` is ID-VERSION_ID from /etc/os-release ("ubuntu-24.04"); `free_kib`/`mount` describe the
+    filesystem holding `path` (its nearest existing parent)."""
+
+    os_id: str = ""
+    os_name: str = ""
+    codename: str = ""
+    arch: str = ""
+    uid: int = -1
+    sudo: bool = False
+    checked_path: str = ""
+    mount: str = ""
+    free_kib: int = 0
+    pci_gpus: list[PciGpu] = field(default_factory=list)
+
+
+def parse_os_release(lines: list[str]) -> dict[str, str]:
+    """KEY=value lines of /etc/os-release, quotes removed."""
+    out = {}
+    for line in lines:
+        key, sep, value = line.partition("=")
+        if sep:
+            out[key.strip()] = value.strip().strip('"').strip("'")
+    return out
+
+
+def parse_preflight(lines: list[str]) -> HostPreflight:
+    s = sections(lines)
+    osr = parse_os_release(s.get("os", []))
+    df = (s.get("df") or [""])[-1].split()
+    uid = (s.get("uid") or [""])[0].strip()
+    return HostPreflight(
+        os_id=f"{osr.get('ID', '')}-{osr.get('VERSION_ID', '')}".strip("-"),
+        os_name=osr.get("PRETTY_NAME", ""),
+        codename=osr.get("VERSION_CODENAME", ""),
+        arch=(s.get("arch") or [""])[0].strip(),
+        uid=int(uid) if uid.isdigit() else -1,
+        sudo=(s.get("sudo") or [""])[0].strip() == "yes",
+        checked_path=(s.get("path") or [""])[0].strip(),
+        # df -Pk: Filesystem 1024-blocks Used Available Capacity Mounted-on
+        free_kib=int(df[3]) if len(df) >= 6 and df[3].isdigit() else 0,
+        mount=df[5] if len(df) >= 6 else "",
+        pci_gpus=parse_pci(s.get("pci", [])),
+    )
+
+
+class Preflight(FactBase[HostPreflight]):
+    """
+    OS, arch, uid, passwordless sudo, free space at `path`'s nearest existing parent, NVIDIA GPUs on PCI.
+
+    .. code:: python
+
+        HostPreflight(os_id="ubuntu-24.04", arch="x86_64", uid=0, free_kib=67108864, mount="/", pci_gpus=[...])
+    """
+
+    @staticmethod
+    def default() -> HostPreflight:
+        return HostPreflight()
+
+    def command(self, path: str) -> str:
+        return "; ".join([
+            marker("os"), "cat /etc/os-release 2>/dev/null",
+            marker("arch"), "uname -m",
+            marker("uid"), "id -u",
+            marker("sudo"), '[ "$(id -u)" = 0 ] || { sudo -n true 2>/dev/null && echo yes; }',
+            f"p={shlex.quote(path)}", 'while [ ! -e "$p" ]; do p=$(dirname "$p"); done',
+            marker("path"), 'echo "$p"',
+            marker("df"), 'df -Pk "$p" | tail -n 1',
+            marker("pci"), PCI_COMMAND,
+            "true",
+        ])
+
+    def process(self, output: list[str]) -> HostPreflight:
+        return parse_preflight(output)

@@ -1,0 +1,140 @@
+"""NVIDIA driver state of a host in one command: apt packages, loaded kernel module, nvidia-smi, reboot flag."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+from pyinfra.api import FactBase
+
+from gpu_llm.facts import marker, sections
+from gpu_llm.facts.gpu import SmiState, smi_state
+
+# Driver metapackages: "nvidia-driver-570[-server][-open]" (Ubuntu, NVIDIA's repo), "nvidia-driver" (Debian),
+# "nvidia-open" / "cuda-drivers[-570]" (NVIDIA's flavour-neutral ones).
+DRIVER_PACKAGE_RE = re.compile(r"^(nvidia-driver(-\d+(-server)?(-open)?)?|nvidia-open|cuda-drivers(-\d+)?)$")
+# Every package a driver release brings (same version as the metapackage); what we hold and pin.
+DRIVER_PATTERNS = ("nvidia*", "libnvidia*", "xserver-xorg-video-nvidia*", "libxnvctrl*", "cuda-drivers*")
+
+
+@dataclass(frozen=True)
+class Package:
+    name: str
+    version: str
+    held: bool
+
+
+@dataclass
+class DriverState:
+    """
+    packages: installed packages matching DRIVER_PATTERNS; module_version: loaded kernel module (None: none);
+    smi: nvidia-smi state; smi_driver / smi_cuda: "Driver Version" / "CUDA Version" from its header;
+    headers: "installed" | "available" | "missing" for linux-headers-<running kernel>.
+    """
+
+    packages: dict[str, Package] = field(default_factory=dict)
+    module_version: str | None = None
+    smi: SmiState = "missing"
+    smi_driver: str | None = None
+    smi_cuda: str | None = None
+    smi_message: str = ""
+    kernel: str = ""
+    headers: str = "missing"
+    reboot_required: bool = False
+    nouveau_loaded: bool = False
+
+    @property
+    def drivers(self) -> dict[str, Package]:
+        """Installed driver metapackages."""
+        return {n: p for n, p in self.packages.items() if DRIVER_PACKAGE_RE.match(n)}
+
+    @property
+    def running_version(self) -> str | None:
+        """Driver version running now: the loaded module's, else what nvidia-smi reports."""
+        return self.module_version or self.smi_driver
+
+
+def parse_packages(lines: list[str]) -> dict[str, Package]:
+    """`dpkg-query -W -f='${db:Status-Abbrev}|${Package}|${Version}\\n'` lines; keeps installed ones (?i)."""
+    out = {}
+    for line in lines:
+        parts = line.split("|")
+        if len(parts) == 3 and len(parts[0]) >= 2 and parts[0][1] == "i":
+            out[parts[1]] = Package(name=parts[1], version=parts[2].strip(), held=parts[0][0] == "h")
+    return out
+
+
+def parse_smi_header(lines: list[str]) -> tuple[str | None, str | None]:
+    """("570.153.02", "12.8") from nvidia-smi's table header or `nvidia-smi -q`."""
+    text = " ".join(lines)
+    driver = re.search(r"Driver Version\s*:?\s*([0-9.]+)", text)
+    cuda = re.search(r"CUDA Version\s*:?\s*([0-9.]+)", text)
+    return (driver.group(1) if driver else None, cuda.group(1) if cuda else None)
+
+
+def parse_module_version(lines: list[str]) -> str | None:
+    """/sys/module/nvidia/version ("570.153.02") or /proc/driver/nvidia/version ("NVRM version: ... 570.153.02 ...")."""
+    for line in lines:
+        m = re.search(r"\b(\d{3,}\.\d+(\.\d+)?)\b", line)
+        if m:
+            return m.group(1)
+    return None
+
+
+def parse_driver_state(lines: list[str]) -> DriverState:
+    s = sections(lines)
+    rc_text = (s.get("rc") or ["missing"])[0].strip()
+    rc = int(rc_text) if rc_text.lstrip("-").isdigit() else None
+    smi_out = s.get("smi", [])
+    state = smi_state(rc, smi_out)
+    driver, cuda = parse_smi_header(smi_out) if state == "ok" else (None, None)
+    return DriverState(
+        packages=parse_packages(s.get("dpkg", [])),
+        module_version=parse_module_version(s.get("module", [])),
+        smi=state,
+        smi_driver=driver,
+        smi_cuda=cuda,
+        smi_message="" if state == "ok" else "\n".join(smi_out).strip(),
+        kernel=(s.get("kernel") or [""])[0].strip(),
+        headers=(s.get("headers") or ["missing"])[0].strip(),
+        reboot_required=bool(s.get("reboot")),
+        nouveau_loaded=bool(s.get("nouveau")),
+    )
+
+
+class NvidiaDriver(FactBase[DriverState]):
+    """
+    Driver packages (dpkg), loaded module version, nvidia-smi header/status, kernel headers, reboot flag.
+
+    .. code:: python
+
+        DriverState(packages={"nvidia-driver-570-open": Package(..., "570.153.02-0ubuntu1", held=True)},
+                    module_version="570.153.02", smi="ok", smi_driver="570.153.02", smi_cuda="12.8", ...)
+    """
+
+    @staticmethod
+    def default() -> DriverState:
+        return DriverState()
+
+    def command(self) -> str:
+        patterns = " ".join(f"'{p}'" for p in DRIVER_PATTERNS)
+        return "; ".join([
+            marker("dpkg"),
+            f"dpkg-query -W -f='${{db:Status-Abbrev}}|${{Package}}|${{Version}}\\n' {patterns} 2>/dev/null",
+            marker("module"),
+            "cat /sys/module/nvidia/version 2>/dev/null || head -n 1 /proc/driver/nvidia/version 2>/dev/null",
+            marker("smi"),
+            'if command -v nvidia-smi >/dev/null 2>&1; then out=$(nvidia-smi 2>&1); rc=$?; '
+            'printf "%s\\n" "$out" | head -n 4; else rc=missing; fi',
+            marker("rc"), 'echo "$rc"',
+            marker("kernel"), "uname -r",
+            marker("headers"),
+            'k=linux-headers-$(uname -r); if dpkg-query -W -f=\'${db:Status-Abbrev}\' "$k" 2>/dev/null | grep -q "^.i"; '
+            'then echo installed; elif apt-cache show "$k" >/dev/null 2>&1; then echo available; else echo missing; fi',
+            marker("reboot"), "[ -e /var/run/reboot-required ] && echo required",
+            marker("nouveau"), "grep -q '^nouveau ' /proc/modules 2>/dev/null && echo loaded",
+            "true",
+        ])
+
+    def process(self, output: list[str]) -> DriverState:
+        return parse_driver_state(output)

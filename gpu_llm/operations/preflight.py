@@ -1,0 +1,63 @@
+"""Preflight: refuse a host that cannot run gpu-llm before anything on it changes."""
+
+from __future__ import annotations
+
+from pyinfra import host
+from pyinfra.api import operation
+
+from gpu_llm.facts.host import HostPreflight, Preflight
+from gpu_llm.operations import refuse
+
+SUPPORTED_ARCH = "x86_64"
+KIB_PER_GIB = 1024 * 1024
+
+
+def problems(info: HostPreflight, supported_os: list[str], required_gib: float, require_gpu: bool) -> list[str]:
+    """Every reason this host cannot be provisioned (empty: it can)."""
+    found = []
+    if info.os_id not in supported_os:
+        found.append(f"unsupported OS {info.os_name or info.os_id or 'unknown'} ({info.os_id or 'no /etc/os-release'});"
+                     f" preflight_supported_os allows {', '.join(supported_os)}")
+    if info.arch != SUPPORTED_ARCH:
+        found.append(f"unsupported CPU architecture {info.arch or 'unknown'}; gpu-llm supports {SUPPORTED_ARCH}")
+    if info.uid != 0:
+        how = "sudo works without a password: add --sudo" if info.sudo else "connect as root or give the user sudo"
+        found.append(f"not running as root (uid {info.uid}); {how}")
+    free_gib = info.free_kib / KIB_PER_GIB
+    if free_gib < required_gib:
+        found.append(f"{free_gib:.1f} GiB free on {info.mount or '?'} (holding {info.checked_path or '?'}), "
+                     f"{required_gib:.1f} GiB needed (model + preflight_image_gib)")
+    if require_gpu and not info.pci_gpus:
+        found.append("no NVIDIA GPU on the PCI bus (vendor 0x10de, display class); "
+                     "set preflight_require_gpu: false to provision a GPU-less host")
+    return found
+
+
+def summary(info: HostPreflight, required_gib: float) -> str:
+    return (f"{info.os_id} {info.arch}, uid {info.uid}, {info.free_kib / KIB_PER_GIB:.1f} GiB free on {info.mount}"
+            f" (>= {required_gib:.1f} GiB), {len(info.pci_gpus)} NVIDIA GPU(s) on PCI")
+
+
+@operation()
+def check(path: str, supported_os: list[str], required_gib: float, require_gpu: bool = True):
+    """
+    Refuse the host (failing this operation, changing nothing) unless it can run gpu-llm.
+
+    + path: where the model goes; free space is checked on its nearest existing parent's filesystem
+    + supported_os: allowed ID-VERSION_ID values of /etc/os-release, e.g. ["ubuntu-24.04"]
+    + required_gib: free GiB needed there (model + image)
+    + require_gpu: refuse when no NVIDIA GPU is on the PCI bus
+
+    **Example:**
+
+    .. code:: python
+
+        preflight.check(name="Check the host can run gpu-llm", path="/srv/model",
+                        supported_os=["ubuntu-24.04"], required_gib=44)
+    """
+    info = host.get_fact(Preflight, path=path)
+    found = problems(info, supported_os, required_gib, require_gpu)
+    if found:
+        yield refuse("preflight failed: " + "; ".join(found))
+    else:
+        host.noop("preflight passed: " + summary(info, required_gib))

@@ -1,0 +1,117 @@
+"""Refuse vLLM image / GPU / driver / dtype combinations known to fail, with the settings to change."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from gpu_llm.plan.types import GPU
+from gpu_llm.plan.versions import Release, cuda_for_driver
+
+AWQ_MIN_CC = 7.5  # awq.py AWQConfig.get_min_capability() == 75, every release [W: wheels 0.8.5..0.33.0]
+MARLIN_MIN_CC = 8.0  # awq_marlin.py AWQMarlinConfig.get_min_capability() == 80 [W]
+BF16_MIN_CC = 8.0  # platforms/cuda.py "Bfloat16 is only supported on GPUs with compute capability of at least 8.0" [W]
+_FP16 = {"half", "float16", "fp16"}
+_FP8_KV = {"fp8", "fp8_e4m3", "fp8_e5m2"}
+
+
+@dataclass
+class CompatResult:
+    errors: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+
+def _fmt(cuda: tuple[int, int]) -> str:
+    return f"{cuda[0]}.{cuda[1]}"
+
+
+def check(
+    release: Release,
+    gpus: list[GPU],
+    *,
+    driver_version: str,
+    dtype: str,
+    kv_cache_dtype: str,
+    quantization: str | None,
+    image_cuda: tuple[int, int] | None = None,
+) -> CompatResult:
+    """Errors (will not start) and warnings (runs, but not as one would expect) for this combination."""
+    out = CompatResult()
+    v = release.version
+    min_cc = min((g.cc for g in gpus if g.compute_capability != (0, 0)), default=None)
+    names = ", ".join(sorted({g.name for g in gpus})) or "no GPU"
+
+    try:
+        driver_cuda = cuda_for_driver(driver_version)
+    except ValueError as exc:
+        out.errors.append(str(exc))
+        driver_cuda = None
+    need = image_cuda or release.cuda
+    if driver_cuda is not None and need > driver_cuda:
+        # nvidia-container-cli refuses it: "requirement error: unsatisfied condition: cuda>=12.8, please update
+        # your driver" (vllm#18813, v0.9.0 image); CUDA forward compatibility (cuda-compat) only exists for
+        # data-center GPUs, never GeForce (docs.nvidia.com/deploy/cuda-compatibility/forward-compatibility.html).
+        out.errors.append(
+            f"vllm_image with vLLM {v} is built on CUDA {_fmt(need)}, but nvidia_driver_version {driver_version} "
+            f"runs CUDA {_fmt(driver_cuda)} at most: the container would stop with 'unsatisfied condition: "
+            f"cuda>={_fmt(need)}'. Raise nvidia_driver_version or pick an older vllm_image."
+        )
+    if min_cc is None:
+        out.warnings.append(f"compute capability of {names} unknown (no driver yet): GPU checks skipped")
+        return out
+
+    if min_cc < release.image_min_cc:
+        out.errors.append(
+            f"vllm_image with vLLM {v} (CUDA {_fmt(need)}) has no kernels for compute capability {min_cc} "
+            f"({names}); it needs >= {release.image_min_cc}: pick an older vllm_image"
+        )
+    if release.v1_min_cc is not None and min_cc < release.v1_min_cc:
+        if release.v0_fallback:
+            out.warnings.append(
+                f"vLLM {v}'s V1 engine needs compute capability >= {release.v1_min_cc}; {names} ({min_cc}) "
+                "falls back to the V0 engine"
+            )
+        else:
+            out.errors.append(
+                f"vllm_image with vLLM {v} runs only the V1 engine, which needs compute capability >= "
+                f"{release.v1_min_cc}; {names} has {min_cc}: pick another vllm_image"
+            )
+
+    quant = quantization or ""
+    if quant.startswith("awq") and min_cc < AWQ_MIN_CC:
+        out.errors.append(
+            f"AWQ checkpoints need compute capability >= {AWQ_MIN_CC}; {names} has {min_cc} "
+            "(vllm_quantization cannot fix this: serve an unquantized model or use other GPUs)"
+        )
+    elif quant == "awq_marlin" and min_cc < MARLIN_MIN_CC:
+        out.errors.append(
+            f"vllm_quantization=awq_marlin needs compute capability >= {MARLIN_MIN_CC}; {names} has {min_cc}: "
+            "use 'awq' or 'auto'"
+        )
+
+    if dtype == "bfloat16" and min_cc < BF16_MIN_CC:
+        out.errors.append(
+            f"vllm_dtype=bfloat16 needs compute capability >= {BF16_MIN_CC}; {names} has {min_cc}: "
+            "use 'half' or 'auto'"
+        )
+    if dtype == "bfloat16" and quant == "awq" and not release.awq_upgraded:
+        # awq.py AWQConfig.get_supported_act_dtypes() == [torch.half] until AutoAWQConfig (0.24.0) [W]
+        out.errors.append(
+            f"vllm_dtype=bfloat16 with vllm_quantization=awq fails in vLLM {v} (its AWQ GEMM kernel takes "
+            "float16 only): use vllm_dtype='half', or vllm_quantization='auto' on CC >= 8.0"
+        )
+
+    fp8_kv = kv_cache_dtype in _FP8_KV
+    on_sm90 = any(g.compute_capability[0] == 9 for g in gpus)
+    if fp8_kv and dtype in _FP16 and on_sm90:
+        if release.fp8_kv_fp16_fails:
+            out.errors.append(
+                f"vllm_kv_cache_dtype={kv_cache_dtype} with vllm_dtype={dtype} fails at engine start on "
+                f"{names} in vLLM {v} ('For FP8 input, output must have dtype BF16'): set "
+                "vllm_dtype='bfloat16' or vllm_kv_cache_dtype='auto'"
+            )
+        elif release.fp8_kv_fp16_fails is None:
+            out.warnings.append(
+                f"vllm_kv_cache_dtype={kv_cache_dtype} with vllm_dtype={dtype} on {names}: vLLM 0.26.0 refuses "
+                f"this ('For FP8 input, output must have dtype BF16'); untested for {v} - prefer bfloat16"
+            )
+    return out

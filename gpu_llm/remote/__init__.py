@@ -1,0 +1,1 @@
+"""Standalone scripts the deploy copies to hosts and runs there (stdlib + their one named dependency)."""

@@ -1,0 +1,216 @@
+"""gpu_llm.operations.vllm: noop/recreate/remove decisions and the commands they yield (host facts faked)."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+from pyinfra.api import FileUploadCommand, HiddenValue
+from pyinfra.facts.docker import DockerContainers
+from pyinfra.facts.files import File, Sha256File
+
+from gpu_llm.defaults import DEFAULTS
+from gpu_llm.facts.container import VllmVerdict, parse_verdict, verify_command
+from gpu_llm.facts.gpu import GpuInventory, NvidiaGpus
+from gpu_llm.operations import model as model_ops
+from gpu_llm.operations import vllm as ops
+from gpu_llm.plan import plan_instances
+from gpu_llm.plan.container import MANAGED_LABEL, SPEC_LABEL, container_spec, spec_hash
+from gpu_llm.plan.types import GPU
+from gpu_llm.settings import Settings
+
+H200 = [GPU(index=0, name="NVIDIA H200", memory_mib=143771, compute_capability=(9, 0),
+            driver_version="570.153.02")]
+TEMPLATE_SHA = "t" * 64
+
+
+class FakeHost:
+    """Answers get_fact from a table keyed by fact class (and path for file facts); records logs."""
+
+    def __init__(self, facts: dict[Any, Any]):
+        self.facts = facts
+        self.logs: list[str] = []
+        self.noops: list[str] = []
+
+    def get_fact(self, cls, **kwargs):
+        if "path" in kwargs:
+            return self.facts.get((cls, kwargs["path"]))
+        if cls is VllmVerdict:
+            return self.facts[(cls, kwargs["url"])]
+        return self.facts.get(cls)
+
+    def log(self, message: str) -> None:
+        self.logs.append(message)
+
+    def noop(self, message: str) -> None:
+        self.noops.append(message)
+
+
+@pytest.fixture
+def fake(monkeypatch):
+    def install(facts: dict[Any, Any], executing: bool = True) -> FakeHost:
+        h = FakeHost({NvidiaGpus: GpuInventory(smi="ok", gpus=H200), **facts})
+        for module in (ops, model_ops):
+            monkeypatch.setattr(module, "host", h)
+        monkeypatch.setattr(ops, "state", SimpleNamespace(is_executing=executing))
+        return h
+    return install
+
+
+def settings(**overrides: Any):
+    return Settings.from_data({**DEFAULTS, "vllm_image": "vllm/vllm-openai:v0.10.1", **overrides})
+
+
+def wanted_hash(s, key: str | None = None) -> str:
+    import hashlib
+    [plan] = plan_instances(H200, s)
+    digest = hashlib.sha256(key.encode()).hexdigest() if key else None
+    return spec_hash(container_spec(plan, s, TEMPLATE_SHA, api_key_sha256=digest,
+                                    env_file=f"{s.vllm_config_dir}/{plan.container_name}.env"))
+
+
+def container(name: str, spec: str, running: bool = True, managed: bool = True) -> dict[str, Any]:
+    labels = {SPEC_LABEL: spec, **({MANAGED_LABEL: "true"} if managed else {})}
+    return {"Name": "/" + name, "Config": {"Labels": labels},
+            "State": {"Running": running, "Status": "running" if running else "exited"}}
+
+
+def commands(gen) -> list[str]:
+    out = []
+    for c in gen:
+        out.append(f"UPLOAD {c.dest}" if isinstance(c, FileUploadCommand) else c.get_raw_value())
+    return out
+
+
+def run_instances(s, **kwargs) -> list[str]:
+    return commands(ops.instances._inner(s, TEMPLATE_SHA, **kwargs))
+
+
+def test_same_spec_running_is_a_noop(fake):
+    s = settings()
+    h = fake({DockerContainers: [container("coder", wanted_hash(s))]})
+    assert run_instances(s) == []
+    assert h.noops == [f"container coder runs spec {wanted_hash(s)[:12]}"]
+
+
+def test_missing_container_is_created_with_label_on_loopback(fake):
+    s = settings()
+    fake({DockerContainers: []})
+    cmds = run_instances(s)
+    run = cmds[-1]
+    assert run.startswith("docker run -d --name coder")
+    assert f"{SPEC_LABEL}={wanted_hash(s)}" in run
+    assert "127.0.0.1:8000:8000" in run and "--env-file" not in run
+    assert not any(c.startswith("docker rm") for c in cmds)
+
+
+def test_changed_flag_recreates_and_says_old_to_new(fake):
+    old = wanted_hash(settings())
+    s = settings(vllm_max_num_seqs=64)
+    h = fake({DockerContainers: [container("coder", old)]})
+    cmds = run_instances(s)
+    assert "docker rm -f coder" in cmds
+    assert "--max-num-seqs 64" in cmds[-1]
+    assert h.logs == [f"container coder: (re)create, spec {old[:12]} -> {wanted_hash(s)[:12]}"]
+
+
+def test_stopped_container_is_recreated(fake):
+    s = settings()
+    h = fake({DockerContainers: [container("coder", wanted_hash(s), running=False)]})
+    assert "docker rm -f coder" in run_instances(s)
+    assert "stopped (exited)" in h.logs[0]
+
+
+def test_restored_template_recreates_an_unchanged_spec(fake):
+    s = settings()
+    fake({DockerContainers: [container("coder", wanted_hash(s))]})
+    cmds = run_instances(s, template_restored=lambda: True)
+    assert "docker rm -f coder" in cmds and cmds[-1].startswith("docker run")
+
+
+def test_only_our_labelled_containers_are_removed(fake):
+    s = settings()
+    h = fake({DockerContainers: [container("coder", wanted_hash(s)), container("old-coder", "x" * 24),
+                                  container("someone-elses", "y" * 24, managed=False)]})
+    cmds = run_instances(s)
+    assert cmds == ["docker rm -f old-coder", "rm -f /etc/gpu-llm/old-coder.env"]
+    assert "container old-coder: removed, no longer configured" in h.logs
+
+
+def test_api_key_goes_to_a_0600_env_file_not_the_command_line(fake):
+    key = "sk-very-secret-key"
+    s = settings(vllm_api_key=key)
+    fake({DockerContainers: []})
+    cmds = run_instances(s, api_key=HiddenValue(key))
+    assert "UPLOAD /etc/gpu-llm/coder.env" in cmds
+    assert any("chmod 600 /etc/gpu-llm/coder.env" in c for c in cmds)
+    run = cmds[-1]
+    assert key not in " ".join(cmds)
+    assert "--env-file /etc/gpu-llm/coder.env" in run and "0.0.0.0:8000:8000" in run
+
+
+def test_api_key_env_file_in_place_is_a_noop(fake):
+    import hashlib
+    key = "sk-very-secret-key"
+    s = settings(vllm_api_key=key)
+    env = "/etc/gpu-llm/coder.env"
+    fake({DockerContainers: [container("coder", wanted_hash(s, key))],
+          (File, env): {"mode": 600, "user": "root"},
+          (Sha256File, env): hashlib.sha256(f"VLLM_API_KEY={key}\n".encode()).hexdigest()})
+    assert run_instances(s, api_key=HiddenValue(key)) == []
+
+
+def test_removed_api_key_deletes_env_file_and_recreates(fake):
+    key = "sk-very-secret-key"
+    s = settings()
+    fake({DockerContainers: [container("coder", wanted_hash(settings(vllm_api_key=key), key))],
+          (File, "/etc/gpu-llm/coder.env"): {"mode": 600, "user": "root"}})
+    cmds = run_instances(s)
+    assert cmds[0] == "rm -f /etc/gpu-llm/coder.env" and "127.0.0.1:8000:8000" in cmds[-1]
+
+
+def test_unreadable_gpus_fail_with_a_message(fake):
+    fake({NvidiaGpus: GpuInventory(smi="no-driver", message="couldn't communicate")})
+    [cmd] = run_instances(settings())
+    assert "nvidia-smi state no-driver" in cmd and cmd.endswith("exit 1")
+
+
+def test_plan_error_fails_naming_the_setting(fake):
+    fake({NvidiaGpus: GpuInventory(smi="ok", gpus=H200)})
+    [cmd] = run_instances(settings(vllm_instances=[{"name": "a", "port": 8001, "gpus": [3]}]))
+    assert "vllm_instances" in cmd and cmd.endswith("exit 1")
+
+
+def test_verify_passing_yields_nothing_and_logs_the_reply(fake):
+    s = settings()
+    ok = parse_verdict(['{"ok": true, "model": "coder", "reply": "ready", "latency_s": 0.4}',
+                        "gpu-llm-verify-rc=0"])
+    h = fake({(VllmVerdict, "http://127.0.0.1:8000"): ok})
+    assert commands(ops.verified._inner(s, "/py", "/verify.py")) == []
+    assert h.logs == ["coder on 127.0.0.1:8000 verified: coder answered 'ready' in 0.4s"]
+
+
+def test_verify_failure_fails_the_op_with_the_message(fake):
+    s = settings()
+    bad = parse_verdict(['{"ok": false, "error": "/health not healthy after 1200s"}', "gpu-llm-verify-rc=1"])
+    fake({(VllmVerdict, "http://127.0.0.1:8000"): bad})
+    [cmd] = commands(ops.verified._inner(s, "/py", "/verify.py"))
+    assert "not healthy after 1200s" in cmd and cmd.endswith("exit 1")
+
+
+def test_verify_does_not_run_while_predicting(fake):
+    fake({}, executing=False)
+    assert commands(ops.verified._inner(settings(), "/py", "/verify.py")) == []
+
+
+def test_verify_command_reads_key_from_env_file_not_argv():
+    cmd = verify_command("/v/bin/python", "/v/verify.py", "http://127.0.0.1:8000", "coder", 1200, False,
+                         "/etc/gpu-llm/coder.env").get_raw_value()
+    assert cmd.startswith("VLLM_API_KEY=\"$(sed -n 's/^VLLM_API_KEY=//p' /etc/gpu-llm/coder.env)\" /v/bin/python")
+    assert "--no-smoke-test" in cmd and "--api-key" not in cmd
+
+
+def test_verdict_without_json_reports_exit_status():
+    v = parse_verdict(["Traceback ...", "gpu-llm-verify-rc=2"])
+    assert not v.ok and "exited 2" in v.error

@@ -1,0 +1,58 @@
+"""Names, addresses and paths of one testbed, all derived from GPU_LLM_TESTBED_ID so testbeds run side by side."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+PROJECT = Path(__file__).resolve().parents[2]
+TESTBED_DIR = Path(__file__).resolve().parent
+VENDOR_HOSTS = ("developer.download.nvidia.com", "nvidia.github.io", "download.docker.com")
+
+
+@dataclass(frozen=True)
+class Config:
+    """Everything one testbed instance is called; `tid` 0-9 picks subnet 10.213.<tid>.0/24."""
+
+    tid: int
+    cache: Path
+
+    @classmethod
+    def from_env(cls) -> Config:
+        raw = os.environ.get("GPU_LLM_TESTBED_ID", "0")
+        if not raw.isdigit() or not 0 <= int(raw) <= 9:
+            raise ValueError(f"GPU_LLM_TESTBED_ID={raw!r}: must be an integer 0-9")
+        cache = Path(os.environ.get("GPU_LLM_TESTBED_CACHE", "/var/cache/gpu-llm-testbed"))
+        return cls(int(raw), cache)
+
+    @property
+    def net(self) -> str:
+        return f"10.213.{self.tid}"
+
+    @property
+    def bridge_ip(self) -> str:
+        return f"{self.net}.1"
+
+    @property
+    def bridge(self) -> str:
+        return f"gltb{self.tid}br"
+
+    @property
+    def prefix(self) -> str:
+        """Prefix of netns, veth, machine and cgroup names of this testbed."""
+        return f"gltb{self.tid}-"
+
+    @property
+    def state(self) -> Path:
+        return self.cache / f"state-{self.tid}"
+
+    @property
+    def wheels_port(self) -> int:
+        return 8080
+
+    def host_name(self, n: int) -> str:
+        return f"tb{self.tid}h{n}"
+
+    def host_ip(self, n: int) -> str:
+        return f"{self.net}.{10 + n}"

@@ -1,0 +1,157 @@
+#!/usr/bin/python3
+"""Stand-in nvidia-smi: answers from /etc/gpu-llm-testbed/gpus.json like the real one, only once the "module" is loaded.
+
+Shipped as /usr/bin/nvidia-smi by the testbed's nvidia-utils-<branch> package. Module state: the dkms stand-in's
+boot unit writes /run/gpu-llm-testbed/loaded-driver; the dkms postinst writes /var/lib/gpu-llm-testbed/installed-driver.
+Output formats follow real outputs in tests/fixtures/h200-host/.
+"""
+
+import json
+import sys
+import time
+from pathlib import Path
+
+GPUS = Path("/etc/gpu-llm-testbed/gpus.json")
+LOADED = Path("/run/gpu-llm-testbed/loaded-driver")
+INSTALLED = Path("/var/lib/gpu-llm-testbed/installed-driver")
+CUDA = {"570": "12.8", "575": "12.9", "580": "13.0"}  # CUDA version each driver branch reports
+LEGEND = """
+Legend:
+
+  X    = Self
+  SYS  = Connection traversing PCIe as well as the SMP interconnect between NUMA nodes (e.g., QPI/UPI)
+  NODE = Connection traversing PCIe as well as the interconnect between PCIe Host Bridges within a NUMA node
+  PHB  = Connection traversing PCIe as well as a PCIe Host Bridge (typically the CPU)
+  PXB  = Connection traversing multiple PCIe bridges (without traversing the PCIe Host Bridge)
+  PIX  = Connection traversing at most a single PCIe bridge
+  NV#  = Connection traversing a bonded set of # NVLinks
+"""
+
+
+def read(path: Path) -> str:
+    return path.read_text().strip() if path.exists() else ""
+
+
+def fields(gpu: dict, index: int, driver: str) -> dict:
+    """Value of every supported --query-gpu field as (header, value, unit)."""
+    mem = gpu["memory_mib"]
+    return {
+        "index": ("index", str(index), ""),
+        "count": ("count", str(len(load_gpus())), ""),
+        "name": ("name", gpu["name"], ""),
+        "gpu_name": ("name", gpu["name"], ""),
+        "uuid": ("uuid", gpu["uuid"], ""),
+        "gpu_uuid": ("uuid", gpu["uuid"], ""),
+        "serial": ("serial", gpu.get("serial", "N/A"), ""),
+        "memory.total": ("memory.total [MiB]", str(mem), " MiB"),
+        "memory.used": ("memory.used [MiB]", "0", " MiB"),
+        "memory.free": ("memory.free [MiB]", str(mem), " MiB"),
+        "compute_cap": ("compute_cap", gpu["compute_cap"], ""),
+        "driver_version": ("driver_version", driver, ""),
+        "pci.bus_id": ("pci.bus_id", gpu["pci_bus_id"], ""),
+        "pci.device_id": ("pci.device_id", f"0x{int(gpu['pci_device_id'], 16):04X}10DE", ""),
+        "pcie.link.gen.current": ("pcie.link.gen.current", str(gpu.get("pcie_gen", 4)), ""),
+        "pcie.link.width.current": ("pcie.link.width.current", str(gpu.get("pcie_width", 16)), ""),
+        "persistence_mode": ("persistence_mode", "Enabled", ""),
+        "temperature.gpu": ("temperature.gpu", "30", ""),
+        "utilization.gpu": ("utilization.gpu [%]", "0", " %"),
+        "power.limit": ("power.limit [W]", f"{gpu.get('power_w', 300)}.00", " W"),
+        "mig.mode.current": ("mig.mode.current", "Disabled" if gpu.get("mig_capable") else "[N/A]", ""),
+    }
+
+
+def load_gpus() -> list:
+    return json.loads(GPUS.read_text()) if GPUS.exists() else []
+
+
+def query(spec: str, fmt: str, gpus: list, driver: str) -> int:
+    opts = set(fmt.split(","))
+    if "csv" not in opts:
+        print(f'"{fmt}" is not a valid format.', file=sys.stderr)
+        return 2
+    names = [f.strip() for f in spec.split(",") if f.strip()]
+    rows = [fields(g, i, driver) for i, g in enumerate(gpus)]
+    for n in names:
+        if rows and n not in rows[0]:
+            print(f'Field "{n}" is not a valid field to query.\n', file=sys.stderr)
+            return 2
+    if "noheader" not in opts:
+        print(", ".join(rows[0][n][0] if rows else n for n in names))
+    for row in rows:
+        print(", ".join(row[n][1] + ("" if "nounits" in opts else row[n][2]) for n in names))
+    return 0
+
+
+def topo(gpus: list) -> None:
+    n = len(gpus)
+    cols = [f"GPU{i}" for i in range(n)] + ["CPU Affinity", "NUMA Affinity", "GPU NUMA ID"]
+    print("\t\x1b[4m" + "\t".join(cols) + "\x1b[0m")
+    for i, g in enumerate(gpus):
+        link = g.get("topo_link", "SYS")
+        cells = [" X " if j == i else link for j in range(n)]
+        print(f"GPU{i}\t" + "\t".join(cells) + "\t0-15\t0\t\tN/A")
+    print(LEGEND)
+
+
+def summary(gpus: list, driver: str) -> None:
+    cuda = CUDA.get(driver.split(".")[0], "12.8")
+    bar = "+-----------------------------------------+------------------------+----------------------+"
+    print(time.strftime("%a %b %d %H:%M:%S %Y"))
+    print("+" + "-" * 89 + "+")
+    print(f"| NVIDIA-SMI {driver:<22} Driver Version: {driver:<14} CUDA Version: {cuda:<9}|")
+    print("|-----------------------------------------+------------------------+----------------------+")
+    print("| GPU  Name                 Persistence-M | Bus-Id          Disp.A | Volatile Uncorr. ECC |")
+    print("| Fan  Temp   Perf          Pwr:Usage/Cap |           Memory-Usage | GPU-Util  Compute M. |")
+    print("|                                         |                        |               MIG M. |")
+    print("|=========================================+========================+======================|")
+    for i, g in enumerate(gpus):
+        mem = f"0MiB / {g['memory_mib']}MiB"
+        print(f"| {i:>3}  {g['name'][:28]:<28}   On  | {g['pci_bus_id']:>18} Off | {'0':>20} |")
+        print(f"| N/A   30C    P0  {'75W / ' + str(g.get('power_w', 300)) + 'W':>22} | {mem:>22} | {'0%':>7}      Default |")
+        print(f"|                                         |                        | {'Disabled' if g.get('mig_capable') else 'N/A':>20} |")
+        print(bar)
+    print(" " * 91)
+    print("+" + "-" * 89 + "+")
+    print("| Processes:" + " " * 79 + "|")
+    print("|  GPU   GI   CI              PID   Type   Process name                        GPU Memory |")
+    print("|        ID   ID                                                               Usage      |")
+    print("|" + "=" * 89 + "|")
+    print("|  No running processes found" + " " * 62 + "|")
+    print("+" + "-" * 89 + "+")
+
+
+def main(argv: list) -> int:
+    installed, loaded = read(INSTALLED), read(LOADED)
+    if not loaded:
+        print("NVIDIA-SMI has failed because it couldn't communicate with the NVIDIA driver. "
+              "Make sure that the latest NVIDIA driver is installed and running.\n")
+        return 9
+    if loaded != installed:
+        print("Failed to initialize NVML: Driver/library version mismatch")
+        print(f"NVML library version: {installed.split('-')[0]}")
+        return 18
+    driver = loaded.split("-")[0]
+    gpus = load_gpus()
+    opts = {}
+    for arg in argv:
+        if arg.startswith("--") and "=" in arg:
+            k, v = arg.split("=", 1)
+            opts[k] = v
+    if "--query-gpu" in opts:
+        return query(opts["--query-gpu"], opts.get("--format", ""), gpus, driver)
+    if argv[:1] == ["-L"] or argv[:1] == ["--list-gpus"]:
+        for i, g in enumerate(gpus):
+            print(f"GPU {i}: {g['name']} (UUID: {g['uuid']})")
+        return 0
+    if argv[:1] == ["topo"]:
+        topo(gpus)
+        return 0
+    if not argv:
+        summary(gpus, driver)
+        return 0
+    print(f"Invalid combination of input arguments: {' '.join(argv)}", file=sys.stderr)
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

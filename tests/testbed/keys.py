@@ -1,0 +1,49 @@
+"""Test CA + TLS cert for the vendor host names, apt repo signing key and SSH key, made once per cache."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from .config import VENDOR_HOSTS, Config
+from .proc import run
+
+REPO_UID = "gpu-llm testbed repo <repo@test.invalid>"
+
+
+def ensure_keys(cfg: Config) -> Path:
+    """Create (once) and return the cache's key directory."""
+    d = cfg.cache / "keys"
+    d.mkdir(parents=True, exist_ok=True)
+    if not (d / "ca.crt").exists():
+        run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "3650",
+             "-subj", "/CN=gpu-llm testbed CA", "-keyout", str(d / "ca.key"), "-out", str(d / "ca.crt.tmp"),
+             "-addext", "basicConstraints=critical,CA:TRUE", "-addext", "keyUsage=critical,keyCertSign,cRLSign"])
+        os.replace(d / "ca.crt.tmp", d / "ca.crt")
+    if not (d / "srv.crt").exists():
+        run(["openssl", "req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=fake-vendors",
+             "-keyout", str(d / "srv.key"), "-out", str(d / "srv.csr")])
+        sans = ",".join(f"DNS:{h}" for h in VENDOR_HOSTS)
+        (d / "ext.cnf").write_text(f"subjectAltName={sans}\nextendedKeyUsage=serverAuth\n")
+        run(["openssl", "x509", "-req", "-in", str(d / "srv.csr"), "-CA", str(d / "ca.crt"), "-CAkey",
+             str(d / "ca.key"), "-CAcreateserial", "-days", "3650", "-extfile", str(d / "ext.cnf"),
+             "-out", str(d / "srv.crt.tmp")])
+        os.replace(d / "srv.crt.tmp", d / "srv.crt")
+    gnupg = d / "gnupg"
+    if not (d / "repo-key.asc").exists():
+        gnupg.mkdir(mode=0o700, exist_ok=True)
+        env = {**os.environ, "GNUPGHOME": str(gnupg)}
+        run(["gpg", "-q", "--batch", "--pinentry-mode", "loopback", "--passphrase", "",
+             "--quick-gen-key", REPO_UID, "ed25519", "sign", "never"], env=env)
+        run(["gpg", "--batch", "--yes", "-o", str(d / "repo-key.gpg"), "--export", REPO_UID], env=env)
+        asc = run(["gpg", "--armor", "--export", REPO_UID], env=env).stdout
+        (d / "repo-key.asc").write_text(asc)
+        run(["gpgconf", "--kill", "gpg-agent"], env=env, check=False)
+    if not (d / "id_ed25519").exists():
+        run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "gpu-llm-testbed", "-f", str(d / "id_ed25519")])
+    return d
+
+
+def gpg_env(keys: Path) -> dict[str, str]:
+    """Environment for gpg calls that sign with the repo key."""
+    return {**os.environ, "GNUPGHOME": str(keys / "gnupg")}

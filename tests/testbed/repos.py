@@ -1,0 +1,218 @@
+"""Signed apt repositories of stand-in packages, laid out like NVIDIA's and Docker's (served by vendor_server.py).
+
+Package names, versions and dependency shapes follow the real repositories (sources in tests/testbed/README.md);
+the payloads are small stand-ins whose behaviour the e2e tests observe (nvidia-smi, module "load" on boot,
+reboot-required, nvidia-ctk's daemon.json merge, runc-exec runtime).
+"""
+
+from __future__ import annotations
+
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .config import Config
+from .keys import REPO_UID, ensure_keys, gpg_env
+from .proc import run
+
+DEBS_SRC = Path(__file__).resolve().parent / "debs"
+CUDA_DIR = "compute/cuda/repos/ubuntu2404/x86_64"
+CUDA_URL = f"https://developer.download.nvidia.com/{CUDA_DIR}"
+NVCT_DIR = "libnvidia-container/stable/deb/amd64"
+DOCKER_DIR = "linux/ubuntu"
+# Which path prefix (under the served root) each repo name covers; break_repo() stops serving one.
+REPO_PREFIXES = {"cuda": "/compute/cuda/", "container-toolkit": "/libnvidia-container/", "docker": "/linux/ubuntu/"}
+DRIVERS = {"570": ["570.153.02", "570.172.08"], "575": ["575.57.08"]}
+CUDA_TOOLKIT = ("12-8", "12.8.1-1", "12.8.93")
+NVCT_VERSION = "1.17.8-1"
+DOCKER_VERSION = "5:28.3.2-1~ubuntu.24.04~noble"
+
+MODULE_UNIT = """[Unit]
+Description=gpu-llm testbed stand-in: load the NVIDIA kernel module of the installed driver
+DefaultDependencies=no
+After=local-fs.target
+Before=sysinit.target
+ConditionPathExists=/var/lib/gpu-llm-testbed/installed-driver
+
+[Service]
+Type=oneshot
+RemainAfterExit=yes
+ExecStart=/bin/sh -c 'mkdir -p /run/gpu-llm-testbed && cp /var/lib/gpu-llm-testbed/installed-driver /run/gpu-llm-testbed/loaded-driver'
+
+[Install]
+WantedBy=sysinit.target
+"""
+DKMS_POSTINST = """#!/bin/sh
+set -e
+if [ "$1" = configure ]; then
+  mkdir -p /var/lib/gpu-llm-testbed
+  echo {ver} > /var/lib/gpu-llm-testbed/installed-driver
+  touch /var/run/reboot-required
+  echo "{pkg}" >> /var/run/reboot-required.pkgs
+  systemctl enable gpu-llm-testbed-nvidia-module.service >/dev/null 2>&1 || true
+fi
+"""
+DKMS_POSTRM = """#!/bin/sh
+set -e
+if [ "$1" = remove ] || [ "$1" = purge ]; then
+  if [ "$(cat /var/lib/gpu-llm-testbed/installed-driver 2>/dev/null)" = {ver} ]; then
+    rm -f /var/lib/gpu-llm-testbed/installed-driver
+  fi
+fi
+"""
+LOGGED = """#!/bin/sh
+mkdir -p /var/log/gpu-llm-testbed
+echo "$(date +%FT%T) $(basename "$0") $*" >> /var/log/gpu-llm-testbed/calls.log
+{tail}
+"""
+
+
+@dataclass
+class Deb:
+    """One stand-in package: control fields, files (path -> (content, mode)) and maintainer scripts."""
+
+    name: str
+    version: str
+    arch: str = "amd64"
+    control: dict[str, str] = field(default_factory=dict)
+    files: dict[str, tuple[bytes | str, int]] = field(default_factory=dict)
+    scripts: dict[str, str] = field(default_factory=dict)
+    description: str = ""
+
+    @property
+    def filename(self) -> str:
+        return f"{self.name}_{self.version.split(':')[-1]}_{self.arch}.deb"
+
+    def build(self, work: Path, out: Path) -> Path:
+        root = work / f"{self.name}_{self.version}"
+        shutil.rmtree(root, ignore_errors=True)
+        (root / "DEBIAN").mkdir(parents=True)
+        lines = [f"Package: {self.name}", f"Version: {self.version}", f"Architecture: {self.arch}",
+                 "Maintainer: gpu-llm testbed <testbed@test.invalid>",
+                 *(f"{k}: {v}" for k, v in self.control.items()),
+                 f"Description: testbed stand-in for {self.name}",
+                 f" {self.description or 'Empty stand-in; only its name, version and dependencies matter.'}"]
+        (root / "DEBIAN/control").write_text("\n".join(lines) + "\n")
+        for rel, (content, mode) in self.files.items():
+            p = root / rel.lstrip("/")
+            p.parent.mkdir(parents=True, exist_ok=True)
+            p.write_bytes(content if isinstance(content, bytes) else content.encode())
+            p.chmod(mode)
+        conffiles = [rel for rel in self.files if rel.startswith("/etc/")]
+        if conffiles:
+            (root / "DEBIAN/conffiles").write_text("\n".join(conffiles) + "\n")
+        for script, body in self.scripts.items():
+            (root / "DEBIAN" / script).write_text(body)
+            (root / "DEBIAN" / script).chmod(0o755)
+        out.mkdir(parents=True, exist_ok=True)
+        run(["dpkg-deb", "--root-owner-group", "-Zgzip", "-b", str(root), str(out / self.filename)])
+        return out / self.filename
+
+
+def _virtual(name: str) -> dict[str, str]:
+    """Real NVIDIA packages of different branches exclude each other through a shared virtual package."""
+    return {"Provides": name, "Conflicts": name, "Replaces": name}
+
+
+def cuda_debs(repo_key: bytes) -> list[Deb]:
+    source = f"deb [signed-by=/usr/share/keyrings/cuda-archive-keyring.gpg] {CUDA_URL}/ /\n"
+    debs = [Deb("cuda-keyring", "1.1-1", arch="all", files={
+        "/usr/share/keyrings/cuda-archive-keyring.gpg": (repo_key, 0o644),
+        "/etc/apt/sources.list.d/cuda-ubuntu2404-x86_64.list": (source, 0o644)})]
+    smi = (DEBS_SRC / "nvidia_smi.py").read_text()
+    for branch, versions in DRIVERS.items():
+        for upstream in versions:
+            ver = f"{upstream}-0ubuntu1"
+            debs.append(Deb(f"nvidia-utils-{branch}", ver, control=_virtual("nvidia-utils"),
+                            files={"/usr/bin/nvidia-smi": (smi, 0o755)}, description="Ships the nvidia-smi stand-in."))
+            for flavour in ("", "-open"):
+                dkms = f"nvidia-dkms-{branch}{flavour}"
+                debs.append(Deb(dkms, ver, control=_virtual("nvidia-dkms-kernel"),
+                                files={"/usr/lib/systemd/system/gpu-llm-testbed-nvidia-module.service":
+                                       (MODULE_UNIT, 0o644)},
+                                scripts={"postinst": DKMS_POSTINST.format(ver=upstream, pkg=dkms),
+                                         "postrm": DKMS_POSTRM.format(ver=upstream)},
+                                description="Records the installed driver; its boot unit 'loads' the module."))
+                debs.append(Deb(f"nvidia-driver-{branch}{flavour}", ver, control={
+                    **_virtual("nvidia-driver-binary"),
+                    "Depends": f"nvidia-utils-{branch} (= {ver}), {dkms} (= {ver})"}))
+    major_minor, tk_ver, nvcc_ver = CUDA_TOOLKIT
+    nvcc = (f"#!/bin/sh\necho 'nvcc: NVIDIA (R) Cuda compiler driver'\n"
+            f"echo 'Cuda compilation tools, release {major_minor.replace('-', '.')}, V{nvcc_ver}'\n")
+    debs.append(Deb(f"cuda-toolkit-{major_minor}", tk_ver,
+                    files={f"/usr/local/cuda-{major_minor.replace('-', '.')}/bin/nvcc": (nvcc, 0o755)}))
+    return debs
+
+
+def nvct_debs() -> list[Deb]:
+    v = NVCT_VERSION
+    return [
+        Deb("libnvidia-container1", v),
+        Deb("libnvidia-container-tools", v, control={"Depends": f"libnvidia-container1 (>= {v})"},
+            files={"/usr/bin/nvidia-container-cli": (LOGGED.format(tail="exit 0"), 0o755)}),
+        Deb("nvidia-container-toolkit-base", v, files={
+            "/usr/bin/nvidia-ctk": ((DEBS_SRC / "nvidia_ctk.py").read_text(), 0o755),
+            "/usr/bin/nvidia-container-runtime": (LOGGED.format(tail='exec runc "$@"'), 0o755),
+            "/etc/nvidia-container-runtime/config.toml": ("#testbed stand-in\n", 0o644)}),
+        Deb("nvidia-container-toolkit", v, control={"Depends": f"nvidia-container-toolkit-base (= {v}), "
+                                                    f"libnvidia-container-tools (>= {v}), "
+                                                    "libnvidia-container-tools (<< 2.0.0)"},
+            files={"/usr/bin/nvidia-container-runtime-hook": (LOGGED.format(tail="exit 0"), 0o755)}),
+        Deb("nvidia-container-runtime", "3.14.0-1", arch="all",
+            control={"Depends": "nvidia-container-toolkit (>= 1.14.0-1)"}),
+    ]
+
+
+def docker_debs() -> list[Deb]:
+    v = DOCKER_VERSION
+    return [Deb("containerd.io", "1.7.27-1"), Deb("docker-ce-cli", v),
+            Deb("docker-ce", v, control={"Depends": "docker.io, docker-ce-cli, containerd.io (>= 1.7.27)"},
+                description="Depends on Ubuntu's docker.io, which brings the real dockerd."),
+            Deb("docker-buildx-plugin", "0.25.0-1~ubuntu.24.04~noble"),
+            Deb("docker-compose-plugin", "2.38.2-1~ubuntu.24.04~noble")]
+
+
+def _sign(keys: Path, d: Path) -> None:
+    env = gpg_env(keys)
+    run(["gpg", "-q", "--batch", "--yes", "-u", REPO_UID, "--clearsign", "-o", str(d / "InRelease"),
+         str(d / "Release")], env=env)
+    run(["gpg", "-q", "--batch", "--yes", "-u", REPO_UID, "-abs", "-o", str(d / "Release.gpg"), str(d / "Release")],
+        env=env)
+
+
+def build_www(cfg: Config, www: Path) -> Path:
+    """Write all three vendor repositories under `www` (the HTTPS server's root); returns `www`."""
+    keys = ensure_keys(cfg)
+    work = www.parent / "debbuild"
+    shutil.rmtree(www, ignore_errors=True)
+    shutil.rmtree(work, ignore_errors=True)
+    cuda, nvct, docker = www / CUDA_DIR, www / NVCT_DIR, www / DOCKER_DIR
+    for deb in cuda_debs((keys / "repo-key.gpg").read_bytes()):
+        deb.build(work, cuda)
+    for deb in nvct_debs():
+        deb.build(work, nvct)
+    pool = docker / "dists/noble/pool/stable/amd64"
+    for deb in docker_debs():
+        deb.build(work, pool)
+    for d in (cuda, nvct):
+        run(["sh", "-c", f"cd '{d}' && apt-ftparchive packages . > Packages && gzip -kf Packages "
+                         "&& apt-ftparchive release . > Release"])
+        _sign(keys, d)
+    (nvct.parent / "nvidia-container-toolkit.list").write_text(
+        "deb https://nvidia.github.io/libnvidia-container/stable/deb/$(ARCH) /\n")
+    asc = (keys / "repo-key.asc").read_text()
+    (www / "libnvidia-container/gpgkey").write_text(asc)
+    (docker / "gpg").write_text(asc)
+    binary = docker / "dists/noble/stable/binary-amd64"
+    binary.mkdir(parents=True)
+    rel = docker / "dists/noble"
+    run(["sh", "-c", f"cd '{docker}' && apt-ftparchive packages dists/noble/pool/stable > "
+                     "dists/noble/stable/binary-amd64/Packages && gzip -kf dists/noble/stable/binary-amd64/Packages"])
+    opts = " ".join(f"-o APT::FTPArchive::Release::{k}={v}" for k, v in
+                    (("Origin", "Docker"), ("Label", "Docker"), ("Suite", "noble"), ("Codename", "noble"),
+                     ("Components", "stable"), ("Architectures", "amd64")))
+    run(["sh", "-c", f"cd '{docker}' && apt-ftparchive {opts} release dists/noble > dists/noble/Release.new "
+                     "&& mv dists/noble/Release.new dists/noble/Release"])
+    _sign(keys, rel)
+    shutil.rmtree(work)
+    return www
