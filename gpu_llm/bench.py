@@ -70,7 +70,7 @@ def percentile(values: Sequence[float], q: int) -> float | None:
         return float(max(values))
     if q == 0:
         return float(min(values))
-    return statistics.quantiles(values, n=100, method="exclusive")[q - 1]
+    return statistics.quantiles(values, n=100, method="inclusive")[q - 1]
 
 
 def _stats(values: Iterable[float | None]) -> dict[str, float | None]:

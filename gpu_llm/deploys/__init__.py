@@ -7,3 +7,19 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 FILES = ROOT / "files"
 TEMPLATES = ROOT / "templates"
+
+
+def service(**kwargs):  # noqa: ANN003, ANN201 (the arguments and result of systemd.service)
+    """systemd.service where systemd is the init (PID 1); the init script elsewhere (containers, chroots).
+
+    pyinfra's systemd facts fail outright on a host whose systemctl exists but whose PID 1 is not systemd
+    (e.g. a container image), which would abort even a --dry plan.
+    """
+    from pyinfra import host
+    from pyinfra.facts.files import Directory
+    from pyinfra.operations import systemd, sysvinit
+
+    if host.get_fact(Directory, path="/run/systemd/system"):  # sd_booted(3): how systemd itself tells
+        return systemd.service(**kwargs)
+    kwargs.pop("daemon_reload", None)
+    return sysvinit.service(**kwargs)

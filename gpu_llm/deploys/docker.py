@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from pyinfra import host
 from pyinfra.api import deploy
-from pyinfra.operations import apt, files, server, systemd
+from pyinfra.operations import apt, files, server
 
-from gpu_llm.deploys import FILES
+from gpu_llm.deploys import FILES, service
 from gpu_llm.operations import docker as docker_ops
 from gpu_llm.settings import for_host
 
@@ -36,7 +36,7 @@ def docker() -> None:
     version = s.container_toolkit_version
     apt.packages(name="Install NVIDIA Container Toolkit",
                  packages=[f"{p}={version}" for p in NVCT_PACKAGES] if version else ["nvidia-container-toolkit"])
-    systemd.service(name="Enable and start Docker", service="docker", running=True, enabled=True)
+    service(name="Enable and start Docker", service="docker", running=True, enabled=True)
     runtime = docker_ops.nvidia_runtime(name="Register the NVIDIA runtime with Docker")
     config = docker_ops.daemon_json(name="Merge gpu-llm's keys into /etc/docker/daemon.json",
                                     config=s.docker_daemon_config)
@@ -46,5 +46,5 @@ def docker() -> None:
     server.shell(name="Create /dev/char links to the NVIDIA devices",
                  # no driver loaded (GPU-less builder): the udev rule creates them when one binds
                  commands=["if [ -d /proc/driver/nvidia ]; then nvidia-ctk system create-dev-char-symlinks --create-all; fi"], _if=rule.did_change)
-    systemd.service(name="Restart Docker for its new configuration", service="docker", restarted=True,
+    service(name="Restart Docker for its new configuration", service="docker", restarted=True,
                     _if=lambda: runtime.did_change() or config.did_change())
