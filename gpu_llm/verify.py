@@ -214,9 +214,12 @@ def read_api_key(path: str | None) -> str | None:
     return os.environ.get(API_KEY_ENV) or None
 
 
-def verify(url: str, model: str | None, api_key: str | None, timeout_s: float) -> dict[str, Any]:
-    """wait_healthy, then smoke_test `model` (or the first model the server lists)."""
+def verify(url: str, model: str | None, api_key: str | None, timeout_s: float,
+           smoke: bool = True) -> dict[str, Any]:
+    """wait_healthy, then smoke_test `model` (or the first model the server lists) unless `smoke` is off."""
     waited = wait_healthy(url, timeout_s, api_key=api_key, progress=lambda line: print(line, file=sys.stderr))
+    if not smoke:
+        return {"ok": True, "url": normalise_url(url), "healthy_after_s": round(waited, 1), "smoke_test": "skipped"}
     if model is None:
         served = list_models(url, api_key=api_key)
         if not served:
@@ -227,10 +230,10 @@ def verify(url: str, model: str | None, api_key: str | None, timeout_s: float) -
     return result
 
 
-def _report(url: str, model: str | None, api_key_file: str | None, timeout_s: float) -> int:
+def _report(url: str, model: str | None, api_key_file: str | None, timeout_s: float, smoke: bool = True) -> int:
     """Run verify() and print its outcome as one JSON line; 0 when it passed, 1 otherwise."""
     try:
-        result = verify(url, model, read_api_key(api_key_file), timeout_s)
+        result = verify(url, model, read_api_key(api_key_file), timeout_s, smoke)
     except VerifyError as exc:
         print(json.dumps({"ok": False, "url": url, "model": model, "error": str(exc)}))
         return 1
@@ -262,9 +265,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0], allow_abbrev=False)
     parser.add_argument("--url", required=True, help="server URL, e.g. http://127.0.0.1:8000")
     parser.add_argument("--model", required=True, help="served model name that must answer")
+    parser.add_argument("--no-smoke-test", dest="smoke", action="store_false",
+                        help="only wait for /health (deploy setting vllm_smoke_test: false)")
     _add_common(parser, timeout_default=1200)  # as gpu_llm.defaults' vllm_health_timeout
     args = parser.parse_args(argv)
-    return _report(args.url, args.model, args.api_key_file, args.timeout)
+    return _report(args.url, args.model, args.api_key_file, args.timeout, args.smoke)
 
 
 if __name__ == "__main__":

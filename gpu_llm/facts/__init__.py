@@ -21,3 +21,12 @@ def sections(lines: list[str]) -> dict[str, list[str]]:
 def marker(name: str) -> str:
     """Shell snippet printing the marker of section `name`."""
     return f"echo '{MARK}{name}'"
+
+
+class JsonFact:
+    """Mixin for fact result dataclasses: `pyinfra HOST fact ...` serialises results through `to_json`."""
+
+    def to_json(self) -> dict:
+        import dataclasses
+
+        return dataclasses.asdict(self)  # type: ignore[call-overload]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from gpu_llm.facts import JsonFact
+
 import json
 from dataclasses import dataclass, field
 from typing import Any
@@ -12,7 +14,7 @@ _RC = "gpu-llm-verify-rc="
 
 
 @dataclass(frozen=True)
-class Verdict:
+class Verdict(JsonFact):
     """What verify.py printed: ok plus its result (model, reply, latency), or the error it gave."""
 
     ok: bool

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from gpu_llm.facts import JsonFact
+
 import json
 from dataclasses import dataclass, field
 from typing import Any
@@ -12,7 +14,7 @@ DAEMON_JSON = "/etc/docker/daemon.json"
 
 
 @dataclass
-class DaemonJson:
+class DaemonJson(JsonFact):
     """`data` is the parsed file ({} when absent or empty); `error` says why it could not be parsed."""
 
     exists: bool = False

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 
 from pyinfra.api import FactBase
 
-from gpu_llm.facts import marker, sections
+from gpu_llm.facts import JsonFact, marker, sections
 from gpu_llm.plan.types import GPU
 
 NVIDIA_VENDOR = "0x10de"
@@ -33,7 +33,7 @@ SmiState = str  # "ok" | "missing" | "no-driver" | "mismatch" | "error"
 
 
 @dataclass(frozen=True)
-class PciGpu:
+class PciGpu(JsonFact):
     """An NVIDIA display controller seen on the PCI bus."""
 
     address: str  # "0000:00:06.0"
@@ -41,7 +41,7 @@ class PciGpu:
 
 
 @dataclass
-class GpuInventory:
+class GpuInventory(JsonFact):
     """What the host has: `gpus` from nvidia-smi when `smi` is "ok", else from PCI ids (no names, memory 0)."""
 
     smi: SmiState

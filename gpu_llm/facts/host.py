@@ -7,12 +7,12 @@ from dataclasses import dataclass, field
 
 from pyinfra.api import FactBase
 
-from gpu_llm.facts import marker, sections
+from gpu_llm.facts import JsonFact, marker, sections
 from gpu_llm.facts.gpu import PCI_COMMAND, PciGpu, parse_pci
 
 
 @dataclass
-class HostPreflight:
+class HostPreflight(JsonFact):
     """`os_id` is ID-VERSION_ID from /etc/os-release ("ubuntu-24.04"); `free_kib`/`mount` describe the
     filesystem holding `path` (its nearest existing parent)."""
 

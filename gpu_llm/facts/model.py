@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from gpu_llm.facts import JsonFact
+
 import json
 from dataclasses import dataclass, field
 from typing import Any
@@ -16,7 +18,7 @@ VENV_MARKER = ".gpu-llm-requirements"
 
 
 @dataclass(frozen=True)
-class SnapshotState:
+class SnapshotState(JsonFact):
     """What a host has in model_dir: the manifest (None if absent), file sizes, the download unit's state."""
 
     manifest: dict[str, Any] | None

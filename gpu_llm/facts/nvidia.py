@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 
 from pyinfra.api import FactBase
 
-from gpu_llm.facts import marker, sections
+from gpu_llm.facts import JsonFact, marker, sections
 from gpu_llm.facts.gpu import SmiState, smi_state
 
 # Driver metapackages: "nvidia-driver-570[-server][-open]" (Ubuntu, NVIDIA's repo), "nvidia-driver" (Debian),
@@ -18,14 +18,14 @@ DRIVER_PATTERNS = ("nvidia*", "libnvidia*", "xserver-xorg-video-nvidia*", "libxn
 
 
 @dataclass(frozen=True)
-class Package:
+class Package(JsonFact):
     name: str
     version: str
     held: bool
 
 
 @dataclass
-class DriverState:
+class DriverState(JsonFact):
     """
     packages: installed packages matching DRIVER_PATTERNS; module_version: loaded kernel module (None: none);
     smi: nvidia-smi state; smi_driver / smi_cuda: "Driver Version" / "CUDA Version" from its header;

@@ -109,7 +109,9 @@ def instances(settings: Any, template_sha256: str, api_key: Any = None,
         if why is None:
             host.noop(f"container {plan.container_name} runs spec {wanted[:12]}")
             continue
-        host.log(f"container {plan.container_name}: (re)create, {why}")
+        cap = plan.capacity
+        host.log(f"container {plan.container_name}: (re)create, {why}: {spec['image']} {' '.join(plan.vllm_args)} "
+                 f"(KV cache {cap.kv_cache_tokens} tokens, {cap.max_concurrency:.1f}x at max_model_len)")
         yield StringCommand("docker", "image", "inspect", QuoteString(spec["image"]), ">/dev/null", "2>&1", "||",
                             "docker", "pull", "--quiet", QuoteString(spec["image"]))
         if plan.container_name in current:

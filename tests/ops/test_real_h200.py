@@ -1,0 +1,72 @@
+"""Regression tests from a real Ubuntu 24.04 host with an H200 and a driver not installed by apt (issue 6).
+
+Fixtures: tests/fixtures/h200-device/ (SOURCE.md says how they were captured).
+"""
+
+import json
+from pathlib import Path
+
+import pytest
+from pyinfra_cli.util import json_encode
+
+from gpu_llm.facts.gpu import parse_inventory
+from gpu_llm.facts.host import parse_preflight
+from gpu_llm.facts.nvidia import parse_driver_state
+from gpu_llm.operations.nvidia import decide_driver, driver_spec
+from gpu_llm.plan import plan_instances, versions
+from gpu_llm.plan.gpus import parse_query_csv
+from gpu_llm.settings import from_data
+
+HERE = Path(__file__).resolve().parents[1] / "fixtures" / "h200-device"
+RAW = json.loads((HERE / "raw-facts.json").read_text())
+
+
+def test_gpu_fact_reads_the_real_h200():
+    inv = parse_inventory(RAW["NvidiaGpus"]["stdout"])
+    assert inv.smi == "ok"
+    [gpu] = inv.gpus
+    assert (gpu.name, gpu.memory_mib, gpu.compute_capability, gpu.driver_version) == \
+        ("NVIDIA H200", 143771, (9, 0), "580.159.04")
+    assert gpu.pci_bus_id == "00000000:00:06.0"
+    assert [p.device_id for p in inv.pci] == ["0x2335"]
+
+
+def test_fact_results_serialise_for_pyinfra_fact_cli():
+    # `pyinfra @local fact gpu_llm.facts.gpu.NvidiaGpus` crashed with "Cannot serialize: GpuInventory" there.
+    for value in (parse_inventory(RAW["NvidiaGpus"]["stdout"]), parse_driver_state(RAW["NvidiaDriver"]["stdout"]),
+                  parse_preflight(RAW["Preflight"]["stdout"])):
+        text = json.dumps(value, default=json_encode)
+        assert "580.159.04" in text or "ubuntu" in text
+
+
+def test_preflight_passes_on_the_real_host():
+    pre = parse_preflight(RAW["Preflight"]["stdout"])
+    assert (pre.os_id, pre.codename, pre.arch, pre.uid) == ("ubuntu-24.04", "noble", "x86_64", 0)
+    assert pre.free_kib > 44 * 1024 * 1024 and len(pre.pci_gpus) == 1
+
+
+def test_non_apt_newer_driver_is_kept_with_a_warning():
+    state = parse_driver_state(RAW["NvidiaDriver"]["stdout"])
+    assert state.module_version == "580.159.04" and not state.drivers  # libxnvctrl0 is not a driver
+    spec = driver_spec("ubuntu2404", "570", "570.153.02", True)
+    decision = decide_driver(state, spec, replace=False, required_cuda="12.8")
+    assert decision.kind == "foreign", decision.detail
+    assert "580.159.04" in decision.detail and "not installed by apt" in decision.detail
+
+
+def test_plan_from_real_nvidia_smi_is_h200_appropriate():
+    gpus = parse_query_csv((HERE / "plan-query.csv").read_text())
+    [plan] = plan_instances(gpus, from_data({}))
+    args = plan.vllm_args
+    assert plan.tensor_parallel_size == 1 and args[args.index("--tensor-parallel-size") + 1] == "1"
+    assert "--quantization" not in args and "--dtype" not in args
+    assert "--swap-space" not in args and "--tokenizer-pool-size" not in args
+    image_cuda = versions.release(plan.vllm_version).cuda
+    assert image_cuda <= versions.cuda_for_driver("580.159.04") == (13, 0)
+
+
+@pytest.mark.parametrize("image", ["vllm/vllm-openai:v0.8.5", "vllm/vllm-openai:v0.10.1"])
+def test_pinned_older_images_also_run_on_the_real_driver(image):
+    gpus = parse_query_csv((HERE / "plan-query.csv").read_text())
+    [plan] = plan_instances(gpus, from_data({"vllm_image": image}))
+    assert plan.image == image and "--tensor-parallel-size" in plan.vllm_args
