@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import ipaddress
+import json
 import re
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -310,7 +311,18 @@ def _host_data(host: Any) -> dict[str, Any]:
 
 
 def parse_value(raw: str) -> Any:
-    """Parse a KEY=VALUE string value exactly as `pyinfra --data` does (true/false, ints, JSON, else str)."""
-    from pyinfra_cli.util import parse_cli_arg  # the same parser pyinfra applies to --data
+    """Parse a KEY=VALUE string value exactly as `pyinfra --data` does: true/false, ints, JSON, else the string.
 
-    return parse_cli_arg(raw)
+    Same rules as pyinfra_cli.util.parse_cli_arg, written out because importing pyinfra_cli monkey-patches the
+    whole process with gevent (tests/unit/test_settings.py compares the two).
+    """
+    if raw.lower() in ("true", "false"):
+        return raw.lower() == "true"
+    try:
+        return int(raw)
+    except ValueError:
+        pass
+    try:
+        return json.loads(raw)
+    except ValueError:
+        return raw

@@ -39,9 +39,8 @@ PROFILES: dict[str, dict[str, Any]] = {
 _SMALL_GPU_MIB = 40 * 1024
 # vLLM's --dtype default for an AWQ checkpoint is float16; bf16 needs CC >= 8.0 (Ampere).
 _BF16_MIN_CC = 8.0
-# AWQ kernels need CC >= 7.5 (vLLM AWQConfig.get_min_capability() == 75); Marlin needs CC >= 8.0.
-_AWQ_MIN_CC = 7.5
-_MARLIN_MIN_CC = 8.0
+_AWQ_MIN_CC = compat.AWQ_MIN_CC
+_MARLIN_MIN_CC = compat.MARLIN_MIN_CC
 
 
 @dataclass

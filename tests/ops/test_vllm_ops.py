@@ -112,7 +112,9 @@ def test_changed_flag_recreates_and_says_old_to_new(fake):
     cmds = run_instances(s)
     assert "docker rm -f coder" in cmds
     assert "--max-num-seqs 64" in cmds[-1]
-    assert h.logs == [f"container coder: (re)create, spec {old[:12]} -> {wanted_hash(s)[:12]}"]
+    [log] = h.logs
+    assert log.startswith(f"container coder: (re)create, spec {old[:12]} -> {wanted_hash(s)[:12]}: ")
+    assert "--max-num-seqs 64" in log  # the log shows what the new container runs
 
 
 def test_stopped_container_is_recreated(fake):

@@ -1,5 +1,7 @@
 """Settings validation: every bad input names its key, the value and what is allowed."""
 
+import json
+
 import pytest
 
 from gpu_llm.defaults import DEFAULTS
@@ -86,3 +88,14 @@ def test_driver_version_must_match_branch():
                                         ("vllm/vllm-openai:v0.10.1", "vllm/vllm-openai:v0.10.1")])
 def test_cli_values_parse_like_pyinfra_data(raw, parsed):
     assert parse_value(raw) == parsed
+
+
+def test_parse_value_agrees_with_pyinfra_itself():
+    import subprocess
+    import sys
+
+    raws = ["true", "FALSE", "64", "-3", "0.9", "1e3", '["a", 1]', '{"k": "v"}', "null", "plain", "0x10", ""]
+    code = ("import json, sys; from pyinfra_cli.util import parse_cli_arg; "
+            "print(json.dumps([parse_cli_arg(a) for a in json.loads(sys.argv[1])]))")
+    out = subprocess.run([sys.executable, "-c", code, json.dumps(raws)], capture_output=True, text=True, check=True)
+    assert [parse_value(r) for r in raws] == json.loads(out.stdout.strip().splitlines()[-1])
