@@ -99,3 +99,22 @@ def test_parse_value_agrees_with_pyinfra_itself():
             "print(json.dumps([parse_cli_arg(a) for a in json.loads(sys.argv[1])]))")
     out = subprocess.run([sys.executable, "-c", code, json.dumps(raws)], capture_output=True, text=True, check=True)
     assert [parse_value(r) for r in raws] == json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def test_readme_lists_every_setting_with_its_default():
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    rows = {line.split("`")[1]: line for line in readme.splitlines() if line.startswith("| `")}
+    missing = [k for k in DEFAULTS if k not in rows]
+    assert not missing, f"README's settings table lacks {missing}"
+
+
+def test_group_data_only_sets_known_settings():
+    import runpy
+    from pathlib import Path
+
+    data = runpy.run_path(str(Path(__file__).resolve().parents[2] / "group_data" / "all.py"))
+    ours = {k: v for k, v in data.items() if not k.startswith("_")}
+    assert ours and set(ours) <= set(DEFAULTS)
+    from_data(ours)  # and they validate
