@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from pyinfra.api import FactBase
 
 from gpu_llm.facts import JsonFact, marker, sections
+from gpu_llm.plan.gpus import parse_query_csv
 from gpu_llm.plan.types import GPU
 
 NVIDIA_VENDOR = "0x10de"
@@ -72,26 +73,10 @@ def smi_state(rc: int | None, output: list[str]) -> SmiState:
     return "ok" if rc == 0 else "error"
 
 
-def _cc(text: str) -> tuple[int, int]:
-    m = re.fullmatch(r"(\d+)\.(\d+)", text.strip())
-    return (int(m.group(1)), int(m.group(2))) if m else (0, 0)
-
-
-def _int(text: str) -> int:
-    return int(text) if text.strip().isdigit() else 0
-
-
 def parse_query_gpu(lines: list[str], interconnect: str | None = None) -> list[GPU]:
-    """Parse `nvidia-smi --query-gpu=QUERY_FIELDS --format=csv,noheader,nounits` (extra trailing fields ignored)."""
-    gpus = []
-    for line in lines:
-        f = [x.strip() for x in line.split(",")]
-        if len(f) < 7 or not f[0].isdigit():
-            continue
-        gpus.append(GPU(index=int(f[0]), name=f[1], memory_mib=_int(f[3]), compute_capability=_cc(f[4]),
-                        driver_version=f[5] or None, pci_bus_id=f[6] or None, uuid=f[2] or None,
-                        interconnect=interconnect))
-    return gpus
+    """Parse `nvidia-smi --query-gpu=QUERY_FIELDS --format=csv,noheader,nounits` (malformed lines skipped)."""
+    gpus = parse_query_csv("\n".join(lines), tuple(QUERY_FIELDS.split(",")), strict=False)
+    return [replace(g, interconnect=interconnect) for g in gpus]
 
 
 def parse_topology(lines: list[str]) -> str | None:

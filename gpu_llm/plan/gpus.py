@@ -10,21 +10,25 @@ from gpu_llm.plan.types import GPU
 PLAN_QUERY_FIELDS = ("index", "name", "memory.total", "compute_cap", "driver_version")
 
 
-def parse_query_csv(text: str, fields: tuple[str, ...] = PLAN_QUERY_FIELDS) -> list[GPU]:
-    """GPUs from `nvidia-smi --query-gpu=<fields> --format=csv,noheader[,nounits]` output."""
+def parse_query_csv(text: str, fields: tuple[str, ...] = PLAN_QUERY_FIELDS, *, strict: bool = True) -> list[GPU]:
+    """GPUs from `nvidia-smi --query-gpu=<fields> --format=csv,noheader[,nounits]` output.
+
+    strict: a malformed line is an error (the CLI); otherwise it is skipped and extra trailing fields are
+    ignored (facts read whatever a host prints).
+    """
     gpus = []
     for lineno, line in enumerate(text.splitlines(), 1):
         if not line.strip():
             continue
         cells = [c.strip() for c in line.split(",")]
-        if len(cells) != len(fields):
-            raise ValueError(f"line {lineno}: expected {len(fields)} comma-separated fields "
-                             f"({', '.join(fields)}), got {len(cells)}: {line.strip()!r}")
-        row = dict(zip(fields, cells))
         try:
-            gpus.append(_gpu_from_row(row))
+            if len(cells) < len(fields) or (strict and len(cells) > len(fields)):
+                raise ValueError(f"expected {len(fields)} comma-separated fields ({', '.join(fields)}), "
+                                 f"got {len(cells)}")
+            gpus.append(_gpu_from_row(dict(zip(fields, cells))))
         except ValueError as exc:
-            raise ValueError(f"line {lineno}: {exc}: {line.strip()!r}") from None
+            if strict:
+                raise ValueError(f"line {lineno}: {exc}: {line.strip()!r}") from None
     return gpus
 
 
@@ -35,6 +39,8 @@ def _gpu_from_row(row: dict[str, str]) -> GPU:
     cc = re.fullmatch(r"(\d+)\.(\d+)", row.get("compute_cap", ""))
     if not cc:
         raise ValueError(f"compute_cap {row.get('compute_cap')!r} is not like 9.0")
+    if not row.get("index", "0").isdigit():
+        raise ValueError(f"index {row.get('index')!r} is not a number")
     return GPU(index=int(row.get("index", 0)), name=row["name"], memory_mib=int(memory.group(1)),
                compute_capability=(int(cc.group(1)), int(cc.group(2))),
                driver_version=row.get("driver_version") or None, pci_bus_id=row.get("pci.bus_id"),

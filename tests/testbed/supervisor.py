@@ -2,12 +2,13 @@
 
 Run: python3 -m tests.testbed.supervisor CGROUP_NAME LOGFILE -- systemd-nspawn ...
 It first moves itself into cgroup CGROUP_NAME in every mounted hierarchy, so the guest's systemd and
-dockerd nest their cgroups there and tear-down can find and remove all of them. SIGTERM: power the
-guest off (nspawn turns SIGTERM into a clean shutdown) and exit. A handful of lines: no library does this.
+dockerd nest their cgroups there and tear-down can find and remove all of them. Each boot gets a fresh time namespace (guest uptime
+from 0). SIGTERM: power the guest off (nspawn turns SIGTERM into a clean shutdown) and exit. A handful of lines: no library does this.
 """
 
 from __future__ import annotations
 
+import ctypes
 import os
 import signal
 import subprocess
@@ -17,6 +18,18 @@ from pathlib import Path
 
 CGROOT = Path("/sys/fs/cgroup")
 REBOOT = 133
+CLONE_NEWTIME = 0x80
+
+
+def fresh_boot_clock() -> None:
+    """Start the next child in a new time namespace whose CLOCK_BOOTTIME reads ~0: the guest's /proc/uptime
+    restarts at each boot (the kernel's uptime never does in a container), which is how pyinfra's
+    server.reboot confirms a reboot."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.unshare(CLONE_NEWTIME) != 0:
+        raise OSError(ctypes.get_errno(), "unshare(CLONE_NEWTIME)")
+    up = int(time.clock_gettime(time.CLOCK_BOOTTIME))
+    Path("/proc/self/timens_offsets").write_text(f"boottime {1 - up} 0\n")
 
 
 def cgroup_dirs(name: str) -> list[Path]:
@@ -64,6 +77,7 @@ def main(argv: list[str]) -> int:
     with open(logfile, "ab", buffering=0) as log:
         while True:
             log.write(f"\n== {time.strftime('%F %T')} supervisor: starting nspawn\n".encode())
+            fresh_boot_clock()
             child = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=log)
             while True:
                 try:
