@@ -49,8 +49,8 @@ def _config_space(device: int, pci_class: int) -> bytes:
 def write_pci_view(gpus: list[dict], dest: Path) -> None:
     """A stand-in for /sys/bus/pci/devices: links to the real devices plus one dir per fake GPU.
 
-    nspawn bind-mounts it over the container's /sys/bus/pci/devices, so lspci and sysfs readers
-    see NVIDIA GPUs before any driver exists.
+    install_pci_view() has the guest bind-mount it over /sys/bus/pci/devices at boot, so lspci and sysfs
+    readers see NVIDIA GPUs before any driver exists.
     """
     dest.mkdir(parents=True, exist_ok=True)
     real = Path("/sys/bus/pci/devices")
@@ -74,3 +74,31 @@ def write_pci_view(gpus: list[dict], dest: Path) -> None:
 def write_gpus_json(gpus: list[dict], dest: Path) -> None:
     dest.parent.mkdir(parents=True, exist_ok=True)
     dest.write_text(json.dumps(gpus, indent=2) + "\n")
+
+
+PCI_VIEW = "usr/lib/gpu-llm-testbed/pci-devices"
+# Mounted by the guest early at boot: nspawn (re)mounts /sys after its own --bind options when
+# /proc/sys/net is made writable, so a bind from the outside would be hidden.
+PCI_UNIT = f"""[Unit]
+Description=gpu-llm testbed: fake PCI view with the fixture's NVIDIA GPUs over /sys/bus/pci/devices
+DefaultDependencies=no
+Before=sysinit.target
+
+[Service]
+Type=oneshot
+RemainAfterExit=yes
+ExecStart=/bin/mount --bind -o ro /{PCI_VIEW} /sys/bus/pci/devices
+
+[Install]
+WantedBy=sysinit.target
+"""
+
+
+def install_pci_view(gpus: list[dict], root: Path) -> None:
+    """Write the PCI view into a host root and enable the unit that mounts it at every boot."""
+    write_pci_view(gpus, root / PCI_VIEW)
+    unit = root / "etc/systemd/system/gpu-llm-testbed-pci.service"
+    unit.write_text(PCI_UNIT)
+    wants = root / "etc/systemd/system/sysinit.target.wants"
+    wants.mkdir(parents=True, exist_ok=True)
+    (wants / unit.name).symlink_to(f"/etc/systemd/system/{unit.name}")

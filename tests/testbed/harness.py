@@ -34,6 +34,8 @@ NSPAWN_DOCKER = ["--capability=all", "--system-call-filter=@keyring bpf", "--tmp
 class TestbedUnavailable(TestbedError):
     """This machine cannot run the testbed (not root, tools missing): tests skip with this reason."""
 
+    __test__ = False  # not a pytest test class
+
 
 @dataclass
 class Host:
@@ -125,6 +127,8 @@ def _require_machine() -> None:
 
 class Testbed:
     """One testbed instance (GPU_LLM_TESTBED_ID); its state lives in cfg.state (hosts.json, logs, host roots)."""
+
+    __test__ = False  # not a pytest test class
 
     def __init__(self, cfg: Config | None = None) -> None:
         self.cfg = cfg or Config.from_env()
@@ -228,12 +232,10 @@ class Testbed:
         ssh_dir.mkdir(mode=0o700, exist_ok=True)
         shutil.copy(keys / "id_ed25519.pub", ssh_dir / "authorized_keys")
         gpu_fixtures.write_gpus_json(host.gpus, r / "etc/gpu-llm-testbed/gpus.json")
+        gpu_fixtures.install_pci_view(host.gpus, r)
 
     def _boot(self, host: Host, base: Path) -> None:
         self._prepare_root(host, base)
-        pci = self.cfg.state / "pci" / host.name
-        shutil.rmtree(pci, ignore_errors=True)
-        gpu_fixtures.write_pci_view(host.gpus, pci)
         ns, veth = host.netns, host.netns
         run(["ip", "netns", "add", ns])
         run(["ip", "link", "add", veth, "type", "veth", "peer", "name", "host0", "netns", ns])
@@ -243,7 +245,7 @@ class Testbed:
         run(["ip", "-n", ns, "link", "set", "host0", "up"])
         nspawn = ["systemd-nspawn", "--boot", f"--directory={host.root}", f"--machine={host.netns}",
                   "--register=no", "--keep-unit", f"--network-namespace-path=/run/netns/{ns}", "--resolv-conf=off",
-                  "--link-journal=no", "--console=passive", f"--bind-ro={pci}:/sys/bus/pci/devices", *NSPAWN_DOCKER,
+                  "--link-journal=no", "--console=passive", *NSPAWN_DOCKER,
                   *(f"--bind={src}:{dst}" for src, dst in cgroup_binds(host.cgroup))]
         log = self.cfg.state / f"{host.name}.log"
         proc = subprocess.Popen([sys.executable, "-m", "tests.testbed.supervisor", host.cgroup, str(log), "--",
@@ -300,6 +302,19 @@ class Testbed:
                 shutil.rmtree(leftover, ignore_errors=True) if leftover.is_dir() else leftover.unlink()
         self.hosts = []
 
+    def leftovers(self) -> list[str]:
+        """What of this testbed still exists on the machine (empty after a clean down())."""
+        found = [f"cgroup {d}" for d in _our_cgroups(self.cfg.prefix)]
+        out = run(["ip", "-j", "netns", "list"]).stdout.strip()
+        found += [f"netns {n['name']}" for n in (json.loads(out) if out else []) if n["name"].startswith(self.cfg.prefix)]
+        found += [f"link {link['ifname']}" for link in json.loads(run(["ip", "-j", "link", "show"]).stdout)
+                  if link["ifname"].startswith(self.cfg.prefix) or link["ifname"] == self.cfg.bridge]
+        found += [f"mount {line.split()[1]}" for line in Path("/proc/mounts").read_text().splitlines()
+                  if line.split()[1].startswith(str(self.cfg.state) + "/")]
+        found += [f"process {p.name}: {' '.join(_cmdline(p))[:120]}" for p in Path("/proc").glob("[0-9]*")
+                  if any(str(self.cfg.state) in a or f"--machine={self.cfg.prefix}" in a for a in _cmdline(p))]
+        return found
+
     def status(self) -> dict:
         st = self.cfg.state
         pids = {p.stem: int(p.read_text()) for p in st.glob("*.pid")} if st.exists() else {}
@@ -308,6 +323,13 @@ class Testbed:
                 "processes": {k: (v, _alive(v)) for k, v in pids.items()},
                 "hosts": [{"name": h.name, "ip": h.ip, "gpus": h.fixture,
                            "ssh": " ".join(h.ssh_args())} for h in self.hosts]}
+
+
+def _cmdline(p: Path) -> list[str]:
+    try:
+        return (p / "cmdline").read_bytes().decode(errors="replace").split("\0")
+    except OSError:
+        return []
 
 
 def _alive(pid: int) -> bool:
@@ -366,6 +388,9 @@ def main(argv: list[str]) -> int:
     elif cmd == "down":
         with timed("testbed down"):
             tb.down()
+        left = tb.leftovers()
+        print("left behind:", left or "nothing")
+        return 1 if left else 0
     elif cmd == "status":
         print(json.dumps(tb.status(), indent=2))
     else:

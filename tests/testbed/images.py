@@ -33,13 +33,15 @@ def image_tar(cfg: Config, vllm_version: str) -> Path:
     """Cached tarball: trimmed Ubuntu base + /standin/*.py + /standin/flags.json for `vllm_version`."""
     files = {f"standin/{p.name}": p.read_bytes() for p in sorted(STANDINS.glob("*.py"))}
     files["standin/flags.json"] = (json.dumps(flags_for(vllm_version), indent=1) + "\n").encode()
-    digest = hashlib.sha256(b"".join(k.encode() + v for k, v in sorted(files.items()))).hexdigest()[:16]
+    base = image_tarball(cfg)
+    digest = hashlib.sha256(base.name.encode() + b"".join(k.encode() + v for k, v in sorted(files.items())))
+    digest = digest.hexdigest()[:16]
     dest = cfg.cache / "images" / f"vllm-{vllm_version}-{digest}.tar"
     if dest.exists():
         return dest
     dest.parent.mkdir(exist_ok=True)
     tmp = dest.with_suffix(".tmp")
-    shutil.copy(image_tarball(cfg), tmp)
+    shutil.copy(base, tmp)
     with tarfile.open(tmp, "a") as tar:
         d = tarfile.TarInfo("./standin")
         d.type, d.mode = tarfile.DIRTYPE, 0o755

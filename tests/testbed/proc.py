@@ -11,6 +11,8 @@ from contextlib import contextmanager
 class TestbedError(RuntimeError):
     """A testbed step failed; the message carries the command's output."""
 
+    __test__ = False  # not a pytest test class
+
 
 def run(cmd: Sequence[str], *, check: bool = True, input: bytes | str | None = None,
         timeout: float | None = None, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -13,7 +14,8 @@ from .proc import TestbedError, run, timed
 
 KEYRING = PROJECT / "tests" / "data" / "ubuntu-archive-keyring.gpg"
 PACKAGES = ["systemd", "systemd-sysv", "dbus", "openssh-server", "python3", "python3-venv", "python3-jinja2",
-            "pciutils", "kmod", "curl", "gnupg", "ca-certificates", "sudo", "iproute2", "iptables", "less"]
+            "pciutils", "kmod", "initramfs-tools", "curl", "gnupg", "ca-certificates", "sudo", "iproute2", "iptables", "less"]
+_PKG_HASH = hashlib.sha256(" ".join(PACKAGES).encode()).hexdigest()[:8]
 # What the stand-in vLLM image does not need (keeps the imported tarball small).
 IMAGE_EXCLUDES = ["./usr/share/doc", "./usr/share/man", "./usr/share/locale", "./usr/share/info",
                   "./var/lib/apt/lists/*", "./var/cache/apt/*", "./var/cache/debconf/*-old", "./var/log/*"]
@@ -72,11 +74,11 @@ def _chroot_apt_install(root: Path, packages: list[str]) -> None:
 
 def plain_base(cfg: Config) -> Path:
     """Ubuntu noble minbase + PACKAGES, sshd enabled, offline apt (cached)."""
-    dest = cfg.cache / "noble-base"
+    dest = cfg.cache / f"noble-base-{_PKG_HASH}"  # a changed package list builds a new base
     with _lock(cfg, "noble-base"):
         if dest.exists():
             return dest
-        tmp = cfg.cache / "noble-base.tmp"
+        tmp = dest.with_name(dest.name + ".tmp")
         shutil.rmtree(tmp, ignore_errors=True)
         with timed("build base rootfs (debootstrap noble)"):
             _debootstrap(cfg, tmp)
@@ -92,11 +94,11 @@ def plain_base(cfg: Config) -> Path:
 def docker_base(cfg: Config) -> Path:
     """plain_base + Ubuntu's docker.io (a real dockerd runs inside the hosts) (cached)."""
     base = plain_base(cfg)
-    dest = cfg.cache / "noble-docker"
+    dest = cfg.cache / f"noble-docker-{_PKG_HASH}"
     with _lock(cfg, "noble-docker"):
         if dest.exists():
             return dest
-        tmp = cfg.cache / "noble-docker.tmp"
+        tmp = dest.with_name(dest.name + ".tmp")
         shutil.rmtree(tmp, ignore_errors=True)
         with timed("build docker rootfs (docker.io)"):
             run(["cp", "-a", str(base), str(tmp)])
@@ -113,7 +115,7 @@ def docker_base(cfg: Config) -> Path:
 def image_tarball(cfg: Config) -> Path:
     """Tar of the trimmed plain base (python3 + jinja2), the stand-in vLLM image's filesystem (cached)."""
     base = plain_base(cfg)
-    dest = cfg.cache / "vllm-image-base.tar"
+    dest = cfg.cache / f"vllm-image-base-{_PKG_HASH}.tar"
     with _lock(cfg, "vllm-image-base"):
         if not dest.exists():
             tmp = dest.with_suffix(".tmp")
