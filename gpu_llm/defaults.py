@@ -18,8 +18,9 @@ DEFAULTS = {
     "nvidia_driver_install": True,
     # Driver branch (major version); packages are nvidia-driver-<branch>[-open].
     "nvidia_driver_branch": "570",
-    # Exact driver version pinned with apt preferences and held (seed blog: 570.153.02).
-    "nvidia_driver_version": "570.153.02",
+    # Exact driver version pinned with apt preferences and held. The seed blog ran 570.153.02, which NVIDIA's
+    # CUDA apt repo does not carry (its 570 releases: .124.06 .133.20 .148.08 .158.01 .172.08 .195.03).
+    "nvidia_driver_version": "570.172.08",
     # Open kernel modules (right for Turing and newer); False installs the proprietary modules.
     "nvidia_driver_open": True,
     # Replace a different apt-installed driver version instead of refusing.

@@ -22,7 +22,7 @@ NVCT_DIR = "libnvidia-container/stable/deb/amd64"
 DOCKER_DIR = "linux/ubuntu"
 # Which path prefix (under the served root) each repo name covers; break_repo() stops serving one.
 REPO_PREFIXES = {"cuda": "/compute/cuda/", "container-toolkit": "/libnvidia-container/", "docker": "/linux/ubuntu/"}
-DRIVERS = {"570": ["570.153.02", "570.172.08"], "575": ["575.57.08"]}
+DRIVERS = {"570": ["570.153.02", "570.172.08", "570.195.03"], "575": ["575.57.08"]}
 CUDA_TOOLKIT = ("12-8", "12.8.1-1", "12.8.93")
 NVCT_VERSION = "1.17.8-1"
 DOCKER_VERSION = "5:28.3.2-1~ubuntu.24.04~noble"
