@@ -8,6 +8,7 @@ from pyinfra.operations import apt, files, server
 
 from gpu_llm.deploys import FILES, TEMPLATES
 from gpu_llm.operations import nvidia as nvidia_ops
+from gpu_llm.plan import required_cuda
 from gpu_llm.settings import for_host
 
 
@@ -35,7 +36,7 @@ def nvidia() -> None:
         driver_args = {"branch": s.nvidia_driver_branch, "version": s.nvidia_driver_version,
                        "open_modules": s.nvidia_driver_open}
         nvidia_ops.driver(name=f"Install NVIDIA driver {s.nvidia_driver_version}", replace=s.nvidia_driver_replace,
-                          required_cuda=s.cuda_toolkit_version, **driver_args)
+                          required_cuda=required_cuda(s), **driver_args)
         nvidia_ops.reboot_for_driver(name="Reboot into the installed NVIDIA driver if needed",
                                      reboot=s.nvidia_driver_reboot, reboot_timeout=s.nvidia_driver_reboot_timeout,
                                      **driver_args)

@@ -249,3 +249,14 @@ def _compat_key(message: str) -> str:
         if key in message:
             return key
     return "vllm_image"
+
+
+def required_cuda(settings: Any) -> str:
+    """The CUDA version a kept (non-apt) driver must support: the pinned image's, or with vllm_image "auto" the
+    oldest release's (auto then picks the newest image that driver runs)."""
+    if settings.vllm_image == "auto":
+        cuda = min(rel.cuda for rel in versions.VLLM_RELEASES.values())
+    else:
+        _, rel = _image(settings, driver="", min_cc=0.0)
+        cuda = versions.cuda_of_image(settings.vllm_image, rel)
+    return f"{cuda[0]}.{cuda[1]}"

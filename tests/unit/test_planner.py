@@ -147,3 +147,11 @@ def test_spec_hash_tracks_every_part_of_the_spec_and_nothing_else():
     assert keyed["ports"] == ["0.0.0.0:8000:8000"] and base["ports"] == ["127.0.0.1:8000:8000"]
     run = docker_run_args(keyed)
     assert "--env-file" in run and "k1" not in " ".join(run[run.index("--label") + 2:])
+
+
+def test_required_cuda_follows_the_image_setting():
+    from gpu_llm.plan import required_cuda
+
+    assert required_cuda(from_data({"vllm_image": "vllm/vllm-openai:v0.12.0"})) == "12.9"
+    assert required_cuda(from_data({"vllm_image": "vllm/vllm-openai:v0.26.0"})) == "13.0"
+    assert required_cuda(from_data({})) == "12.4"  # auto: the oldest release in the table (0.8.5)
