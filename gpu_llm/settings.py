@@ -162,7 +162,8 @@ def _ip(v: Any) -> str:
 
 
 def _instances(v: Any) -> list[dict] | None:
-    allowed = 'null or a list of {"name": str, "port": int, "gpus": [int, ...]} with distinct names, ports and GPUs'
+    allowed = ('null or a list of {"name": str, "port": int, "gpus": [int, ...]} with distinct names, ports and GPUs; '
+               'a name is a Docker container name: 2+ letters, digits, _ . -')
     if v is None:
         return None
     if not isinstance(v, list) or not v:
@@ -172,7 +173,7 @@ def _instances(v: Any) -> list[dict] | None:
     for item in v:
         if not isinstance(item, Mapping) or set(item) - {"name", "port", "gpus", "served_model_name"}:
             raise _Invalid(allowed)
-        name = _str(r"[a-zA-Z0-9][a-zA-Z0-9_.-]*", allowed)(item.get("name"))
+        name = _str(_NAME, allowed)(item.get("name"))
         port = item.get("port")
         if isinstance(port, bool) or not isinstance(port, int) or not 1 <= port <= 65535:
             raise _Invalid(allowed)
@@ -188,7 +189,8 @@ def _instances(v: Any) -> list[dict] | None:
     return out
 
 
-_NAME = r"[a-zA-Z0-9][a-zA-Z0-9_.-]*"
+# Docker's container-name rule (moby daemon/names: ^/?[a-zA-Z0-9][a-zA-Z0-9_.-]+$): at least 2 characters.
+_NAME = r"[a-zA-Z0-9][a-zA-Z0-9_.-]+"
 _VERSION3 = r"\d+\.\d+(\.\d+)?"
 
 SCHEMA: dict[str, Callable[[Any], Any]] = {
@@ -238,7 +240,7 @@ SCHEMA: dict[str, Callable[[Any], Any]] = {
     "vllm_quantization": _choice("auto", "awq", "awq_marlin", None),
     "vllm_kv_cache_dtype": _choice("auto", "fp8", "fp8_e4m3", "fp8_e5m2"),
     "vllm_served_model_name": _str(r"[A-Za-z0-9][A-Za-z0-9_./:-]*", "a model name of letters, digits, . _ / : -"),
-    "vllm_container_name": _str(_NAME, "a container name of letters, digits, _ . -"),
+    "vllm_container_name": _str(_NAME, "a Docker container name: 2+ letters, digits, _ . -"),
     "vllm_port": _int(1, 65535),
     "vllm_bind": _ip,
     "vllm_api_key": _str(r"\S{8,}", "a key of at least 8 non-space characters", allow_none=True),

@@ -9,6 +9,14 @@ FILES = ROOT / "files"
 TEMPLATES = ROOT / "templates"
 
 
+def managed_paths(s) -> tuple[str, ...]:  # noqa: ANN001 (gpu_llm.settings.Settings)
+    """Every small file and directory the deploys manage: the first gpu_llm.operations.files op of a run reads the
+    state of all of them in one command, the others reuse it until one of them changes something."""
+    from gpu_llm.deploys import docker, model, nvidia, vllm  # they import this module
+
+    return (*model.paths(s), *nvidia.paths(s), *docker.paths(), vllm.template_path(s))
+
+
 def service(**kwargs):  # noqa: ANN003, ANN201 (the arguments and result of systemd.service)
     """systemd.service where systemd is the init (PID 1); the init script elsewhere (containers, chroots).
 
@@ -19,7 +27,9 @@ def service(**kwargs):  # noqa: ANN003, ANN201 (the arguments and result of syst
     from pyinfra.facts.files import Directory
     from pyinfra.operations import systemd, sysvinit
 
-    if host.get_fact(Directory, path="/run/systemd/system"):  # sd_booted(3): how systemd itself tells
+    from gpu_llm.facts import memo
+
+    if memo.fact(host, Directory, path="/run/systemd/system"):  # sd_booted(3): how systemd itself tells
         return systemd.service(**kwargs)
     kwargs.pop("daemon_reload", None)
     return sysvinit.service(**kwargs)

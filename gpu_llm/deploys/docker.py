@@ -4,13 +4,15 @@ from __future__ import annotations
 
 from pyinfra import host
 from pyinfra.api import deploy
-from pyinfra.operations import apt, files, server
+from pyinfra.operations import apt, server
 
 from gpu_llm.deploys import FILES, service
 from gpu_llm.operations import docker as docker_ops
+from gpu_llm.operations import files as gpu_files
+from gpu_llm.operations import packages
+from gpu_llm.operations.docker import KEY_FILES, KEYRINGS, NVCT_KEY
 from gpu_llm.settings import for_host
 
-NVCT_KEY = f"{docker_ops.KEYRINGS}/nvidia-container-toolkit.asc"
 NVCT_PACKAGES = ("nvidia-container-toolkit", "nvidia-container-toolkit-base", "libnvidia-container-tools",
                  "libnvidia-container1")  # pinned together, as NVIDIA's install guide does
 
@@ -25,24 +27,24 @@ def docker() -> None:
     else:
         docker_packages = ["docker.io"]
     url = s.container_toolkit_repo_url.rstrip("/")
-    files.directory(name="Create /etc/apt/keyrings", path=docker_ops.KEYRINGS, mode="755")
-    files.download(name="Download NVIDIA Container Toolkit's signing key", src=f"{url}/gpgkey", dest=NVCT_KEY,
-                   mode="644")
-    repos.append(apt.repo(name="Add NVIDIA Container Toolkit's apt repository", filename="nvidia-container-toolkit",
-                          src=f"deb [signed-by={NVCT_KEY}] {url}/stable/deb/amd64 /"))
+    gpu_files.directory(name="Create /etc/apt/keyrings", path=KEYRINGS, mode="755", batch=KEY_FILES)
+    gpu_files.download(name="Download NVIDIA Container Toolkit's signing key", src=f"{url}/gpgkey", dest=NVCT_KEY,
+                       mode="644", setting="container_toolkit_repo_url", batch=KEY_FILES)
+    repos.append(packages.repo(name="Add NVIDIA Container Toolkit's apt repository", filename="nvidia-container-toolkit",
+                               src=f"deb [signed-by={NVCT_KEY}] {url}/stable/deb/amd64 /"))
     apt.update(name="Refresh apt lists for Docker and the Container Toolkit",
                _if=lambda: any(r.did_change() for r in repos))
-    apt.packages(name="Install Docker", packages=docker_packages)
+    packages.packages(name="Install Docker", packages=docker_packages)
     version = s.container_toolkit_version
-    apt.packages(name="Install NVIDIA Container Toolkit",
-                 packages=[f"{p}={version}" for p in NVCT_PACKAGES] if version else ["nvidia-container-toolkit"])
+    packages.packages(name="Install NVIDIA Container Toolkit",
+                      packages=[f"{p}={version}" for p in NVCT_PACKAGES] if version else ["nvidia-container-toolkit"])
     service(name="Enable and start Docker", service="docker", running=True, enabled=True)
     runtime = docker_ops.nvidia_runtime(name="Register the NVIDIA runtime with Docker")
     config = docker_ops.daemon_json(name="Merge gpu-llm's keys into /etc/docker/daemon.json",
                                     config=s.docker_daemon_config)
-    rule = files.put(name="Keep GPUs in containers across systemctl daemon-reload (udev /dev/char links)",
-                     src=str(FILES / "71-nvidia-dev-char.rules"), dest="/etc/udev/rules.d/71-nvidia-dev-char.rules",
-                     mode="644")
+    rule = gpu_files.put(name="Keep GPUs in containers across systemctl daemon-reload (udev /dev/char links)",
+                         content=(FILES / "71-nvidia-dev-char.rules").read_bytes(),
+                         dest="/etc/udev/rules.d/71-nvidia-dev-char.rules", mode="644")
     server.shell(name="Create /dev/char links to the NVIDIA devices",
                  # no driver loaded (GPU-less builder): the udev rule creates them when one binds
                  commands=["if [ -d /proc/driver/nvidia ]; then nvidia-ctk system create-dev-char-symlinks --create-all; fi"], _if=rule.did_change)

@@ -10,10 +10,11 @@ from pathlib import Path
 
 from pyinfra import host
 from pyinfra.api import HiddenValue, deploy
-from pyinfra.operations import apt, files
 
-from gpu_llm import settings
+from gpu_llm import deploys, settings
+from gpu_llm.operations import files as gpu_files
 from gpu_llm.operations import model as model_ops
+from gpu_llm.operations import packages
 
 _PACKAGE = Path(__file__).resolve().parents[1]
 DOWNLOAD_SCRIPT = _PACKAGE / "remote" / "download.py"
@@ -48,21 +49,28 @@ def download_of(s) -> model_ops.Download:  # noqa: ANN001
     )
 
 
+def paths(s) -> tuple[str, ...]:  # noqa: ANN001
+    """What model_download_start puts or creates."""
+    return (download_of(s).script, verify_script_path(s), s.vllm_config_dir, LOG_DIR, s.model_dir)
+
+
 @deploy("Start the model download")
 def model_download_start() -> None:
     s = settings.for_host(host)
-    apt.packages(name="Install python3-venv for the hf venv", packages=["python3-venv"])
+    packages.packages(name="Install python3-venv for the hf venv", packages=["python3-venv"])
     model_ops.hf_venv(
         name="Install huggingface-hub and requests into the hf venv",
         path=s.hf_venv, requirements=[s.hf_hub_requirement, "requests"], pip_args=s.hf_pip_args,
     )
-    files.put(name="Upload the model download script", src=str(DOWNLOAD_SCRIPT),
-              dest=f"{s.hf_venv}/gpu-llm-download.py", mode="644")
-    files.put(name="Upload the endpoint verify script", src=str(VERIFY_SCRIPT), dest=verify_script_path(s),
-              mode="644")
-    files.directory(name="Create the gpu-llm config directory", path=s.vllm_config_dir, mode="755")
-    files.directory(name="Create the gpu-llm log directory", path=LOG_DIR, mode="755")
-    files.directory(name="Create the model directory", path=s.model_dir, user=s.model_owner)
+    script = download_of(s).script
+    batch = deploys.managed_paths(s)
+    gpu_files.put(name="Upload the model download script", content=DOWNLOAD_SCRIPT.read_bytes(), dest=script,
+                  mode="644", batch=batch)
+    gpu_files.put(name="Upload the endpoint verify script", content=VERIFY_SCRIPT.read_bytes(),
+                  dest=verify_script_path(s), mode="644", batch=batch)
+    gpu_files.directory(name="Create the gpu-llm config directory", path=s.vllm_config_dir, mode="755", batch=batch)
+    gpu_files.directory(name="Create the gpu-llm log directory", path=LOG_DIR, mode="755", batch=batch)
+    gpu_files.directory(name="Create the model directory", path=s.model_dir, user=s.model_owner, batch=batch)
     model_ops.secret_file(
         name="Store the Hugging Face token (0600)" if s.hf_token else "Remove the stored Hugging Face token",
         path=token_path(s), content=HiddenValue(s.hf_token) if s.hf_token else None, user=s.model_owner,

@@ -2,37 +2,60 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
+from jinja2 import Environment, StrictUndefined
 from pyinfra import host
 from pyinfra.api import deploy
-from pyinfra.operations import apt, files, server
+from pyinfra.operations import apt, server
 
-from gpu_llm.deploys import FILES, TEMPLATES
+from gpu_llm.deploys import FILES, TEMPLATES, managed_paths
+from gpu_llm.operations import files as gpu_files
 from gpu_llm.operations import nvidia as nvidia_ops
+from gpu_llm.operations import packages
 from gpu_llm.plan import required_cuda
 from gpu_llm.settings import for_host
+
+
+NOUVEAU_CONF = "/etc/modprobe.d/gpu-llm-blacklist-nouveau.conf"
+DRIVER_PIN = "/etc/apt/preferences.d/gpu-llm-nvidia-driver"
+UNATTENDED_CONF = "/etc/apt/apt.conf.d/51gpu-llm-unattended-upgrades"
+
+
+def render(template: Path, **data: str) -> bytes:
+    """The template as files.template renders it (strict undefined, trailing newline kept)."""
+    env = Environment(undefined=StrictUndefined, keep_trailing_newline=True, autoescape=False)
+    return env.from_string(template.read_text()).render(**data).encode()
+
+
+def paths(s) -> tuple[str, ...]:  # noqa: ANN001
+    """What nvidia() and its CUDA repository put, create or download."""
+    return (NOUVEAU_CONF, DRIVER_PIN, UNATTENDED_CONF, nvidia_ops.STATE_DIR,
+            nvidia_ops.keyring_deb(s.nvidia_cuda_keyring_version))
 
 
 @deploy("NVIDIA driver and CUDA")
 def nvidia() -> None:
     s = for_host(host)
+    batch = managed_paths(s)  # every deploy's files: their state is read in one command
     if s.nvidia_driver_blacklist_nouveau:
-        nouveau = files.put(name="Blacklist the nouveau kernel module", src=str(FILES / "gpu-llm-blacklist-nouveau.conf"),
-                            dest="/etc/modprobe.d/gpu-llm-blacklist-nouveau.conf", mode="644")
+        nouveau = gpu_files.put(name="Blacklist the nouveau kernel module",
+                                content=(FILES / "gpu-llm-blacklist-nouveau.conf").read_bytes(), dest=NOUVEAU_CONF,
+                                mode="644", batch=batch)
         server.shell(name="Rebuild the initramfs without nouveau", commands=["update-initramfs -u"],
                      _if=nouveau.did_change)
     if not (s.nvidia_driver_install or s.cuda_toolkit_install):
         return
     repo = nvidia_ops.cuda_repo(name="Add NVIDIA's CUDA repository", base_url=s.nvidia_cuda_repo_url,
-                                keyring_version=s.nvidia_cuda_keyring_version)
+                                keyring_version=s.nvidia_cuda_keyring_version, batch=batch)
     apt.update(name="Refresh apt lists for NVIDIA's repository", _if=repo.did_change)
     if s.nvidia_driver_install:
-        files.template(name=f"Pin NVIDIA driver {s.nvidia_driver_version} in apt preferences",
-                       src=str(TEMPLATES / "nvidia-driver.pref.j2"),
-                       dest="/etc/apt/preferences.d/gpu-llm-nvidia-driver", mode="644",
-                       version=s.nvidia_driver_version)
-        files.put(name="Keep unattended-upgrades away from NVIDIA and CUDA packages",
-                  src=str(FILES / "51gpu-llm-unattended-upgrades"),
-                  dest="/etc/apt/apt.conf.d/51gpu-llm-unattended-upgrades", mode="644")
+        gpu_files.put(name=f"Pin NVIDIA driver {s.nvidia_driver_version} in apt preferences",
+                      content=render(TEMPLATES / "nvidia-driver.pref.j2", version=s.nvidia_driver_version),
+                      dest=DRIVER_PIN, mode="644", batch=batch)
+        gpu_files.put(name="Keep unattended-upgrades away from NVIDIA and CUDA packages",
+                      content=(FILES / "51gpu-llm-unattended-upgrades").read_bytes(), dest=UNATTENDED_CONF,
+                      mode="644", batch=batch)
         driver_args = {"branch": s.nvidia_driver_branch, "version": s.nvidia_driver_version,
                        "open_modules": s.nvidia_driver_open}
         nvidia_ops.driver(name=f"Install NVIDIA driver {s.nvidia_driver_version}", replace=s.nvidia_driver_replace,
@@ -41,5 +64,5 @@ def nvidia() -> None:
                                      reboot=s.nvidia_driver_reboot, reboot_timeout=s.nvidia_driver_reboot_timeout,
                                      **driver_args)
     if s.cuda_toolkit_install:
-        apt.packages(name=f"Install CUDA toolkit {s.cuda_toolkit_version}",
+        packages.packages(name=f"Install CUDA toolkit {s.cuda_toolkit_version}",
                      packages=["cuda-toolkit-" + s.cuda_toolkit_version.replace(".", "-")])

@@ -8,7 +8,9 @@ from pyinfra import host, logger
 from pyinfra.api import deploy
 
 from gpu_llm.defaults import DEFAULTS
+from gpu_llm.operations import nvidia as nvidia_ops
 from gpu_llm.operations import preflight as preflight_ops
+from gpu_llm.plan import required_cuda
 from gpu_llm.plan.types import QWEN3_32B_AWQ
 from gpu_llm.settings import for_host
 
@@ -46,3 +48,8 @@ def preflight() -> None:
         required_gib=round(model_gib(s) + s.preflight_image_gib, 1),
         require_gpu=s.preflight_require_gpu,
     )
+    if s.nvidia_driver_install:  # a driver the nvidia step would refuse is refused here, before any change
+        nvidia_ops.driver_check(name="Check the host's NVIDIA driver can be kept or replaced",
+                                branch=s.nvidia_driver_branch, version=s.nvidia_driver_version,
+                                open_modules=s.nvidia_driver_open, replace=s.nvidia_driver_replace,
+                                required_cuda=required_cuda(s))

@@ -8,10 +8,10 @@ from typing import Any
 
 from pyinfra import host
 from pyinfra.api import HiddenValue, deploy
-from pyinfra.operations import files
 
 from gpu_llm import settings
 from gpu_llm.deploys.model import verify_script_path
+from gpu_llm.operations import files as gpu_files
 from gpu_llm.operations import vllm as vllm_ops
 from gpu_llm.settings import SettingsError
 
@@ -41,8 +41,8 @@ def vllm() -> None:
     s = settings.for_host(host)
     template = TEMPLATES / s.vllm_chat_template
     key = api_key(s)
-    put = files.put(name="Install the chat template", src=str(template),
-                    dest=f"{s.vllm_config_dir}/{s.vllm_chat_template}", mode="644")
+    put = gpu_files.put(name="Install the chat template", content=template.read_bytes(),
+                        dest=f"{s.vllm_config_dir}/{s.vllm_chat_template}", mode="644")
     vllm_ops.instances(
         name="Run the vLLM containers",
         settings=s,

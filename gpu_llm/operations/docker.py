@@ -9,13 +9,17 @@ from typing import Any
 from pyinfra import host
 from pyinfra.api import StringCommand, operation
 from pyinfra.facts.server import LinuxDistribution
-from pyinfra.operations import apt, files
+from pyinfra.operations import files
 
+from gpu_llm.facts import memo
 from gpu_llm.facts.docker_daemon import DAEMON_JSON, DockerDaemonJson
-from gpu_llm.operations import refuse
+from gpu_llm.operations import download_naming_url, packages, refuse
+from gpu_llm.operations import files as gpu_files
 
 KEYRINGS = "/etc/apt/keyrings"
 DOCKER_KEY = f"{KEYRINGS}/docker.asc"
+NVCT_KEY = f"{KEYRINGS}/nvidia-container-toolkit.asc"
+KEY_FILES = (KEYRINGS, DOCKER_KEY, NVCT_KEY)  # their state is read in one command
 DOCKER_DISTROS = ("ubuntu", "debian")
 
 
@@ -52,16 +56,17 @@ def docker_repo(base_url: str):
 
         docker.docker_repo(name="Add Docker's apt repository", base_url="https://download.docker.com/linux")
     """
-    distro = host.get_fact(LinuxDistribution)
+    distro = memo.fact(host, LinuxDistribution)
     source = docker_source(base_url, distro)
     if source is None:
         yield refuse(f"Docker's repository has no packages for {distro.get('name')} {distro.get('major')}; "
                      'set docker_package_source: "ubuntu" to use the distro\'s docker.io')
         return
     distro_name = distro["release_meta"]["ID"].lower()
-    yield from files.directory._inner(path=KEYRINGS, mode="755")
-    yield from files.download._inner(src=f"{base_url.rstrip('/')}/{distro_name}/gpg", dest=DOCKER_KEY, mode="644")
-    yield from apt.repo._inner(src=source, filename="docker")
+    yield from gpu_files.directory._inner(path=KEYRINGS, mode="755", batch=KEY_FILES)
+    if not gpu_files.downloaded(DOCKER_KEY, "644", batch=KEY_FILES):
+        yield from download_naming_url(f"{base_url.rstrip('/')}/{distro_name}/gpg", DOCKER_KEY, "docker_repo_url")
+    yield from packages.repo._inner(src=source, filename="docker")
 
 
 @operation()
@@ -76,7 +81,7 @@ def nvidia_runtime():
 
         docker.nvidia_runtime(name="Register the NVIDIA runtime with Docker")
     """
-    daemon = host.get_fact(DockerDaemonJson)
+    daemon = memo.fact(host, DockerDaemonJson)
     if daemon.error:
         yield refuse(daemon.error + "; fix or remove it")
         return
@@ -84,6 +89,7 @@ def nvidia_runtime():
         host.noop(f"{DAEMON_JSON} has runtimes.nvidia")
         return
     yield StringCommand("nvidia-ctk", "runtime", "configure", "--runtime=docker")
+    memo.forget(host, DockerDaemonJson)
 
 
 @operation()
@@ -99,7 +105,7 @@ def daemon_json(config: dict[str, Any]):
 
         docker.daemon_json(name="Merge gpu-llm's keys into daemon.json", config={"log-driver": "json-file"})
     """
-    daemon = host.get_fact(DockerDaemonJson)
+    daemon = memo.fact(host, DockerDaemonJson)
     if daemon.error:
         yield refuse(daemon.error + "; fix or remove it")
         return
@@ -110,3 +116,4 @@ def daemon_json(config: dict[str, Any]):
     text = json.dumps(merged, indent=4, sort_keys=True) + "\n"
     yield from files.directory._inner(path="/etc/docker", mode="755")
     yield from files.put._inner(src=StringIO(text), dest=DAEMON_JSON, mode="644")
+    memo.forget(host, DockerDaemonJson)

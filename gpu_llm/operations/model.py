@@ -10,6 +10,7 @@ from pyinfra import host
 from pyinfra.api import FileUploadCommand, FunctionCommand, HiddenValue, QuoteString, StringCommand, operation
 from pyinfra.facts.files import File, Sha256File
 
+from gpu_llm.facts import memo
 from gpu_llm.facts.model import VENV_MARKER, ModelSnapshot, SnapshotState, VenvMarker
 
 
@@ -70,10 +71,12 @@ def _report(state, host, d: Download) -> bool:  # noqa: ANN001 (pyinfra passes i
 @operation()
 def download_started(d: Download):
     """Start the background download unless the snapshot is complete or the unit already runs."""
-    snap: SnapshotState = host.get_fact(ModelSnapshot, model_dir=d.model_dir, unit=d.unit)
-    if not snap.problems(d.repo, d.revision):
+    snap: SnapshotState = memo.fact(host, ModelSnapshot, model_dir=d.model_dir, unit=d.unit)
+    if not snap.problems(d.repo, d.revision):  # complete stays complete: download_joined reuses this read
         host.noop(f"model {d.repo} at {snap.commit} complete in {d.model_dir}")
-    elif snap.running:
+        return
+    memo.forget(host, ModelSnapshot)  # a download is under way: download_joined reads the snapshot again
+    if snap.running:
         host.noop(f"download of {d.repo}@{d.revision} already running ({d.unit}, log {d.log_file})")
     else:
         yield start_command(d)
@@ -85,7 +88,7 @@ def download_joined(d: Download):
 
     Fails with the tail of the download log when the snapshot is still incomplete.
     """
-    snap: SnapshotState = host.get_fact(ModelSnapshot, model_dir=d.model_dir, unit=d.unit)
+    snap: SnapshotState = memo.fact(host, ModelSnapshot, model_dir=d.model_dir, unit=d.unit)
     if not snap.problems(d.repo, d.revision):
         host.noop(f"model {d.repo} at {snap.commit} complete in {d.model_dir}")
         return

@@ -7,11 +7,14 @@ from dataclasses import dataclass
 from pyinfra import host
 from pyinfra.api import StringCommand, operation
 from pyinfra.facts.apt import noninteractive_apt
+from pyinfra.facts.deb import DebPackages
 from pyinfra.facts.server import LinuxDistribution
-from pyinfra.operations import apt, files, server
+from pyinfra.operations import apt, server
 
+from gpu_llm.facts import memo
 from gpu_llm.facts.nvidia import DriverState, NvidiaDriver
-from gpu_llm.operations import refuse, warn
+from gpu_llm.operations import download_naming_url, packages, refuse, warn
+from gpu_llm.operations import files as gpu_files
 
 CUDA_KEYRING = "/usr/share/keyrings/cuda-archive-keyring.gpg"  # installed by the cuda-keyring package
 STATE_DIR = "/var/lib/gpu-llm"
@@ -130,18 +133,44 @@ def cuda_repo(base_url: str, keyring_version: str):
 
         nvidia.cuda_repo(name="Add NVIDIA's CUDA repository", base_url=URL, keyring_version="1.1-1")
     """
-    repo_dir = cuda_repo_dir(host.get_fact(LinuxDistribution))
+    repo_dir = cuda_repo_dir(memo.fact(host, LinuxDistribution))
     if repo_dir is None:
-        yield refuse(f"NVIDIA's CUDA repository has no directory for {distro_id(host.get_fact(LinuxDistribution))}"
+        yield refuse(f"NVIDIA's CUDA repository has no directory for {distro_id(memo.fact(host, LinuxDistribution))}"
                      f" (known: {', '.join(CUDA_REPO_DIRS)})")
         return
     url = f"{base_url.rstrip('/')}/{repo_dir}/x86_64"
     deb = f"{STATE_DIR}/cuda-keyring_{keyring_version}_all.deb"
-    yield from files.directory._inner(path=STATE_DIR, mode="755")
+    yield from gpu_files.directory._inner(path=STATE_DIR, mode="755", batch=(STATE_DIR, deb))
     # download then install from the path: apt.deb(src=URL) re-downloads to a name without .deb and is never a noop
-    yield from files.download._inner(src=f"{url}/cuda-keyring_{keyring_version}_all.deb", dest=deb, mode="644")
-    yield from apt.deb._inner(src=deb)
-    yield from apt.repo._inner(src=f"deb [signed-by={CUDA_KEYRING}] {url}/ /", filename=f"cuda-{repo_dir}-x86_64")
+    if not gpu_files.downloaded(deb, "644", batch=(STATE_DIR, deb)):
+        yield from download_naming_url(f"{url}/cuda-keyring_{keyring_version}_all.deb", deb, "nvidia_cuda_repo_url")
+    # apt.deb's own check (the .deb's name and version installed), from the name and version in the file's name
+    if keyring_version in memo.fact(host, DebPackages).get("cuda-keyring", ()):
+        host.noop(f"deb {deb} is installed")
+    else:
+        yield from packages.forgetting_apt_state(apt.deb._inner(src=deb))  # the keyring package adds a source
+    yield from packages.repo._inner(src=f"deb [signed-by={CUDA_KEYRING}] {url}/ /", filename=f"cuda-{repo_dir}-x86_64")
+
+
+@operation()
+def driver_check(branch: str, version: str, open_modules: bool = True, replace: bool = False,
+                 required_cuda: str | None = None):
+    """
+    Refuse now, before anything on the host changes, a driver that nvidia.driver would refuse later (a different
+    apt driver without `replace`, a driver not from apt too old for `required_cuda`); arguments as nvidia.driver.
+
+    **Example:**
+
+    .. code:: python
+
+        nvidia.driver_check(name="Check the host's NVIDIA driver", branch="570", version="570.153.02")
+    """
+    spec = driver_spec(distro_id(memo.fact(host, LinuxDistribution)), branch, version, open_modules)
+    decision = decide_driver(memo.fact(host, NvidiaDriver), spec, replace, required_cuda)
+    if decision.kind in ("conflict", "foreign-too-old"):
+        yield refuse(decision.detail)
+    else:
+        host.noop(f"NVIDIA driver: {decision.detail}")
 
 
 @operation()
@@ -163,8 +192,8 @@ def driver(branch: str, version: str, open_modules: bool = True, replace: bool =
 
         nvidia.driver(name="Install NVIDIA driver 570.153.02", branch="570", version="570.153.02")
     """
-    spec = driver_spec(distro_id(host.get_fact(LinuxDistribution)), branch, version, open_modules)
-    state = host.get_fact(NvidiaDriver)
+    spec = driver_spec(distro_id(memo.fact(host, LinuxDistribution)), branch, version, open_modules)
+    state = memo.fact(host, NvidiaDriver)
     decision = decide_driver(state, spec, replace, required_cuda)
     if decision.kind in ("conflict", "foreign-too-old"):
         yield refuse(decision.detail)
@@ -183,10 +212,13 @@ def driver(branch: str, version: str, open_modules: bool = True, replace: bool =
             warn(host, f"linux-headers-{state.kernel} is not in apt: DKMS cannot build the driver for the running "
                        "kernel; boot a distro kernel")
         yield _install_command(state, spec, replacing=decision.kind == "replace")
-        state = host.get_fact(NvidiaDriver)  # read after the install ran (execution time)
+        memo.forget(host, NvidiaDriver)
+        packages.forget_apt_state()
+        state = memo.fact(host, NvidiaDriver)  # read after the install ran (execution time)
     to_hold = holds_missing(state, spec)
     if to_hold:
         yield StringCommand("apt-mark", "hold", *to_hold)
+        memo.forget(host, NvidiaDriver)
     elif decision.kind == "ok":
         host.noop(decision.detail + " and held")
 
@@ -224,8 +256,8 @@ def reboot_for_driver(branch: str, version: str, open_modules: bool = True, rebo
 
         nvidia.reboot_for_driver(name="Reboot into the new NVIDIA driver", branch="570", version="570.153.02")
     """
-    spec = driver_spec(distro_id(host.get_fact(LinuxDistribution)), branch, version, open_modules)
-    reason = reboot_reason(host.get_fact(NvidiaDriver), spec)
+    spec = driver_spec(distro_id(memo.fact(host, LinuxDistribution)), branch, version, open_modules)
+    reason = reboot_reason(memo.fact(host, NvidiaDriver), spec)
     if reason is None:
         host.noop("the running NVIDIA kernel module matches the installed driver (or none is needed yet)")
         return
@@ -233,6 +265,7 @@ def reboot_for_driver(branch: str, version: str, open_modules: bool = True, rebo
         yield refuse(f"reboot needed: {reason}; reboot the host and run again (nvidia_driver_reboot is false)")
         return
     yield from server.reboot._inner(delay=10, interval=2, reboot_timeout=reboot_timeout)
-    after = reboot_reason(host.get_fact(NvidiaDriver), spec)
+    memo.forget(host, NvidiaDriver)
+    after = reboot_reason(memo.fact(host, NvidiaDriver), spec)
     if after is not None:
         yield refuse(f"rebooted, but {after}; check `dkms status` and `journalctl -k` for module build errors")

@@ -15,6 +15,7 @@ from pyinfra.api import QuoteString, StringCommand, operation
 from pyinfra.facts.docker import DockerContainers
 from pyinfra.facts.files import File
 
+from gpu_llm.facts import memo
 from gpu_llm.facts.container import VllmVerdict
 from gpu_llm.facts.gpu import NvidiaGpus
 from gpu_llm.operations.model import secret_file_commands
@@ -37,7 +38,7 @@ def fail(message: str) -> StringCommand:
 
 def host_plans(settings: Any) -> list[InstancePlan]:
     """Plan the instances for the GPUs the host reports now; NotPlannable says why not (naming the setting)."""
-    inventory = host.get_fact(NvidiaGpus)
+    inventory = memo.fact(host, NvidiaGpus)  # GPUs do not change between the containers and their check
     if inventory.smi != "ok" or not inventory.gpus:
         raise NotPlannable(f"cannot plan vLLM instances: nvidia-smi state {inventory.smi} {inventory.message}".strip())
     try:

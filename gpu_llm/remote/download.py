@@ -210,8 +210,13 @@ def fetch(repo: str, revision: str, model_dir: Path, *, endpoint: str | None, to
 
     bad: dict[str, str] = {}
     for attempt in (1, 2):
-        snapshot_download(repo, revision=commit, local_dir=model_dir, max_workers=max_workers,
-                          token=token, endpoint=endpoint)
+        try:
+            snapshot_download(repo, revision=commit, local_dir=model_dir, max_workers=max_workers,
+                              token=token, endpoint=endpoint)
+        except Exception as exc:  # transfer/HTTP/disk errors: one line, not a chained traceback of hundreds
+            # of lines that pushes huggingface_hub's warnings (they name the file and URL) out of the log tail
+            raise DownloadError(f"fetching {repo}@{commit} failed: {type(exc).__name__}: {exc} "
+                                "(the warnings above name the file; re-run the deploy to retry)") from None
         bad = content_problems(model_dir, files)
         if not bad:
             break

@@ -117,6 +117,26 @@ def test_driver_other_apt_driver_refused_without_replace():
     assert "nvidia_driver_replace: true" in cmd
 
 
+def test_driver_check_refuses_what_the_driver_op_would_before_any_change():
+    st = DriverState(packages=pkgs(("nvidia-driver-575-open", "575.57.08-0ubuntu1", True)), module_version="575.57.08")
+    facts = {"LinuxDistribution": NOBLE, "NvidiaDriver": st}
+    (cmd,) = run(nvidia.driver_check, facts, **DRIVER).commands
+    assert cmd == run(nvidia.driver, facts, **DRIVER).commands[0]
+    assert "575.57.08-0ubuntu1" in cmd and "nvidia_driver_replace: true" in cmd
+
+
+@pytest.mark.parametrize(("packages", "replace", "noop"), [
+    ((), False, f"NVIDIA driver: install nvidia-driver-570-open {PV}"),
+    ((("nvidia-driver-570-open", PV, True),), False, f"NVIDIA driver: nvidia-driver-570-open {PV} is installed"),
+    ((("nvidia-driver-575-open", "575.57.08-0ubuntu1", True),), True,
+     f"NVIDIA driver: replace nvidia-driver-575-open 575.57.08-0ubuntu1 with nvidia-driver-570-open {PV}"),
+])
+def test_driver_check_passes_with_what_the_driver_op_will_do(packages, replace, noop):
+    st = DriverState(packages=pkgs(*packages))
+    r = run(nvidia.driver_check, {"LinuxDistribution": NOBLE, "NvidiaDriver": st}, replace=replace, **DRIVER)
+    assert r.commands == [] and r.noops == [noop]
+
+
 def test_driver_other_flavour_same_version_is_a_conflict():
     st = DriverState(packages=pkgs(("nvidia-driver-570", PV, False)))
     r = run(nvidia.driver, {"LinuxDistribution": NOBLE, "NvidiaDriver": st}, **DRIVER)

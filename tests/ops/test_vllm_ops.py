@@ -180,7 +180,7 @@ def test_unreadable_gpus_fail_with_a_message(fake):
 
 def test_plan_error_fails_naming_the_setting(fake):
     fake({NvidiaGpus: GpuInventory(smi="ok", gpus=H200)})
-    [cmd] = run_instances(settings(vllm_instances=[{"name": "a", "port": 8001, "gpus": [3]}]))
+    [cmd] = run_instances(settings(vllm_instances=[{"name": "qa", "port": 8001, "gpus": [3]}]))
     assert "vllm_instances" in cmd and cmd.endswith("exit 1")
 
 

@@ -100,6 +100,11 @@ def test_interrupted_download_fails_then_a_rerun_fetches_only_what_is_missing(tm
         model_dir = tmp_path / "model"
         first = fetch(tmp_path, hub, model_dir)
         assert first.returncode != 0
+        # one error line at the end of the log, right after huggingface_hub's warnings naming the file
+        assert "Traceback" not in first.stderr, first.stderr[-2000:]
+        last = first.stderr.strip().splitlines()[-3:]
+        assert f"fetching {REPO}@{hub.commit} failed: RemoteProtocolError" in last[-1], last
+        assert any(SHARD in line for line in last[:-1]), last
         assert dl.read_manifest(model_dir) is None, "no manifest before every file verified"
         assert not (model_dir / SHARD).exists()
         done_before = len(hub.requests())

@@ -125,13 +125,13 @@ def test_a_configuration_that_cannot_hold_one_sequence_is_refused_with_numbers()
 
 def test_instances_split_the_gpus_and_pin_devices():
     plans = plan_instances(TURING_4X, from_data({"vllm_instances": [
-        {"name": "a", "port": 8000, "gpus": [0, 1]}, {"name": "b", "port": 8001, "gpus": [2, 3]}]}))
+        {"name": "qa", "port": 8000, "gpus": [0, 1]}, {"name": "qb", "port": 8001, "gpus": [2, 3]}]}))
     assert [(p.container_name, p.port, p.gpu_indices, p.tensor_parallel_size) for p in plans] == \
-        [("a", 8000, [0, 1], 2), ("b", 8001, [2, 3], 2)]
-    spec = container_spec(plans[1], from_data({"vllm_instances": [{"name": "b", "port": 8001, "gpus": [2, 3]}]}), "t")
+        [("qa", 8000, [0, 1], 2), ("qb", 8001, [2, 3], 2)]
+    spec = container_spec(plans[1], from_data({"vllm_instances": [{"name": "qb", "port": 8001, "gpus": [2, 3]}]}), "t")
     assert spec["gpus"] == '"device=2,3"'
     with pytest.raises(PlanError) as err:
-        plan_instances(TURING_4X, from_data({"vllm_instances": [{"name": "a", "port": 8000, "gpus": [4, 5]}]}))
+        plan_instances(TURING_4X, from_data({"vllm_instances": [{"name": "qa", "port": 8000, "gpus": [4, 5]}]}))
     assert err.value.key == "vllm_instances"
 
 

@@ -34,8 +34,10 @@ BAD = [
     ("nvidia_driver_version", "latest", "570.153.02"),
     ("vllm_extra_args", "--enforce-eager", "list of strings"),
     ("vllm_env", {"A": 1}, "strings to strings"),
-    ("vllm_instances", [{"name": "a", "port": 8000, "gpus": [0, 1, 2]}], "GPU count"),
-    ("vllm_instances", [{"name": "a", "port": 8000, "gpus": [0]}, {"name": "b", "port": 8000, "gpus": [1]}], "distinct"),
+    ("vllm_instances", [{"name": "qa", "port": 8000, "gpus": [0, 1, 2]}], "GPU count"),
+    ("vllm_instances", [{"name": "qa", "port": 8000, "gpus": [0]}, {"name": "qb", "port": 8000, "gpus": [1]}], "distinct"),
+    ("vllm_instances", [{"name": "a", "port": 8000, "gpus": [0]}], "2+ letters"),  # docker refuses 1-char names
+    ("vllm_container_name", "c", "2+ letters"),
     ("vllm_api_key", "short", "at least 8"),
     ("model_repo", "Qwen3-32B-AWQ", "repo id"),
     ("vllm_cpuset_cpus", "all", "CPU list"),

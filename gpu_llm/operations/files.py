@@ -1,0 +1,110 @@
+"""Small files from the deploying machine and directories, the state of several read in one command (facts/files.py)."""
+
+from __future__ import annotations
+
+import hashlib
+from io import BytesIO
+
+from pyinfra import host
+from pyinfra.api import FileUploadCommand, QuoteString, StringCommand, operation
+from pyinfra.operations.util.files import chmod, chown
+
+from gpu_llm.facts import memo
+from gpu_llm.facts.files import FileStates
+from gpu_llm.operations import download_naming_url, refuse
+
+
+@operation()
+def put(content: bytes, dest: str, mode: str, batch: tuple[str, ...] = ()):
+    """
+    `dest` holds `content` with `mode` (owner and group are left as they are, as files.put without user/group).
+
+    + content: the file's bytes (read or rendered on the deploying machine)
+    + dest: path on the host; its parent directory is created when missing
+    + mode: octal mode, e.g. "644"
+    + batch: other paths whose state one command reads with this one (each put of a deploy passes the same
+      tuple): the first put of the batch reads them all, the rest reuse it
+
+    **Example:**
+
+    .. code:: python
+
+        files.put(name="Install the udev rule", content=b"...", dest="/etc/udev/rules.d/71-x.rules", mode="644")
+    """
+    paths = tuple(dict.fromkeys((*batch, dest)))
+    current = memo.fact(host, FileStates, paths=paths).get(dest)
+    if current is None or current.kind not in ("file", "absent"):
+        yield refuse(f"{dest} exists and is not a regular file" if current else f"could not read the state of {dest}")
+        return
+    same = current.kind == "file" and current.sha256 == hashlib.sha256(content).hexdigest()
+    if same and current.mode == int(mode):
+        host.noop(f"{dest} is up to date")
+        return
+    memo.forget(host, FileStates)  # a later put of the batch reads the files again, after this one changed
+    if not current.parent_dir:
+        yield StringCommand("mkdir", "-p", QuoteString(dest.rsplit("/", 1)[0] or "/"))
+    if not same:
+        yield FileUploadCommand(BytesIO(content), dest)
+    yield chmod(dest, int(mode))
+
+
+@operation()
+def directory(path: str, mode: str | None = None, user: str | None = None, batch: tuple[str, ...] = ()):
+    """
+    `path` is a directory, with `mode` and owner `user` where given (as files.directory, not recursive).
+
+    + path: directory on the host, created with its parents when missing
+    + mode: octal mode, e.g. "755"; None leaves it
+    + user: owner; None leaves it
+    + batch: as for put: paths whose state one command reads together
+
+    **Example:**
+
+    .. code:: python
+
+        files.directory(name="Create the log directory", path="/var/log/gpu-llm", mode="755")
+    """
+    current = memo.fact(host, FileStates, paths=tuple(dict.fromkeys((*batch, path)))).get(path)
+    if current is None or current.kind not in ("dir", "absent"):
+        yield refuse(f"{path} exists and is not a directory" if current else f"could not read the state of {path}")
+        return
+    wrong_mode = mode is not None and (current.kind == "absent" or current.mode != int(mode))
+    wrong_user = user is not None and (current.kind == "absent" or current.user != user)
+    if not (current.kind == "absent" or wrong_mode or wrong_user):
+        host.noop(f"directory {path} already exists")
+        return
+    memo.forget(host, FileStates)
+    if current.kind == "absent":
+        yield StringCommand("mkdir", "-p", QuoteString(path))
+    if wrong_mode:
+        yield chmod(path, int(mode))
+    if wrong_user:
+        yield chown(path, user)
+
+
+
+def downloaded(dest: str, mode: str, batch: tuple[str, ...] = ()) -> bool:
+    """True, noting a noop, when `dest` is a file with `mode`: files.download never fetches an existing file again
+    (it only fixes the mode), so its File fact read can join `batch`'s one command."""
+    current = memo.fact(host, FileStates, paths=tuple(dict.fromkeys((*batch, dest)))).get(dest)
+    if current is not None and current.kind == "file" and current.mode == int(mode):
+        host.noop(f"file {dest} has already been downloaded")
+        return True
+    memo.forget(host, FileStates)
+    return False
+
+
+@operation()
+def download(src: str, dest: str, mode: str, setting: str, batch: tuple[str, ...] = ()):
+    """
+    files.download(src=src, dest=dest, mode=mode), its check read with `batch`, a failed fetch naming `setting`.
+
+    **Example:**
+
+    .. code:: python
+
+        files.download(name="Download the signing key", src=URL, dest="/etc/apt/keyrings/x.asc", mode="644",
+                       setting="container_toolkit_repo_url")
+    """
+    if not downloaded(dest, mode, batch):
+        yield from download_naming_url(src, dest, setting, mode)

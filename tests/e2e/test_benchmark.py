@@ -1,0 +1,37 @@
+"""No-op re-run benchmark (benchmarks/rerun.py) once on the session testbed: prints b/a and c/b, checks the JSON.
+
+A benchmark, not a timed test: the targets (b/a <= 3, c/b <= 1.5) are reported, never asserted."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from benchmarks.rerun import run
+from tests.testbed.harness import Testbed
+
+pytestmark = pytest.mark.e2e
+HOSTS = 3  # CI budget: 3 fresh hosts converge in one run (~1 min); the README figures use --hosts 6 --reps 5
+REPS = 3
+
+
+def test_rerun_benchmark_writes_sane_numbers(testbed: Testbed, tmp_path: Path) -> None:
+    hosts = [testbed.add_host("h200-x1") for _ in range(HOSTS)]
+    out = tmp_path / "rerun.json"
+    result = run(testbed, hosts, REPS, out)
+
+    saved = json.loads(out.read_text())
+    assert saved["ratios"] == result["ratios"]
+    med, times, cmds = saved["median_s"], saved["times_s"], saved["remote_commands"]
+    assert all(len(times[k]) == REPS and all(t > 0 for t in times[k]) for k in "abc")
+    assert med["a"] < med["b"] < 120, "a no-op deploy must cost more than the floor and finish"
+    assert saved["ratios"]["b/a"] == round(med["b"] / med["a"], 2)
+    assert saved["ratios"]["c/b"] == round(med["c"] / med["b"], 2)
+    # the floor runs exactly its one command; (c) runs (b)'s commands on every host
+    assert cmds["a"]["total"] == 1 and len(saved["remote_commands_b"]) == cmds["b"]["total"]
+    assert cmds["b"]["hosts"] == 1 and cmds["c"]["hosts"] == HOSTS
+    assert cmds["c"]["per_host_max"] == cmds["b"]["total"]
+    print(f"\nrerun benchmark ({HOSTS} hosts, {REPS} reps): b/a = {saved['ratios']['b/a']:.2f}  "
+          f"c/b = {saved['ratios']['c/b']:.2f}  ({cmds['b']['total']} remote commands per no-op host)")

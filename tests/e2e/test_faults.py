@@ -1,0 +1,154 @@
+"""Faults during real deploy.py runs: disk too small, a vendor repo unreachable, SSH dropped and a reboot mid-run.
+
+One fresh host for the module, and the tests run in file order on it (each starts from the state the previous
+one left): preflight refuses a too-small model_dir before any change; with Docker's repo broken the run fails
+naming the URL and leaves nothing half-installed or half-held; the SSH sessions are killed while Docker
+installs, and the re-run completes; the host reboots while a run waits for the (re)started container's
+/health, and the re-run completes; the run after that changes nothing.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from tests.testbed.config import PROJECT
+from tests.testbed.harness import Host, Testbed
+from tests.testbed.images import build_vllm_image, start_fake_hf
+from tests.testbed.pyinfra_run import PYINFRA, DeployResult, parse_results, run_deploy, write_inventory
+
+pytestmark = pytest.mark.e2e
+
+MODEL_DIR = "/home/llm/model/qwen/Qwen3-32B-AWQ"
+SMALL = "/srv/gpu-llm-small"
+SNAPSHOT = ("sha256sum /var/lib/dpkg/status; find /etc -xdev -printf '%p %y %m %U %s\\n' | sort; "
+            "find /etc -xdev -type f -print0 | sort -z | xargs -0 sha256sum; "
+            "docker ps -a --no-trunc --format '{{.ID}} {{.Names}} {{.State}}'; "
+            "docker images --no-trunc --format '{{.ID}} {{.Repository}}:{{.Tag}}'; "
+            "ls -A /home /opt /var/log")
+
+
+@dataclass
+class Faulty:
+    host: Host
+    data: dict[str, dict]
+    inventory: Callable[[dict], Path]  # host data overrides -> inventory path
+
+
+@pytest.fixture(scope="module")
+def faulty(testbed: Testbed, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Faulty]:
+    from gpu_llm.plan.versions import newest_release_for
+    from tests.e2e.conftest import _memlock_limit  # the `deploy` fixture's base data, for a module-scoped runner
+
+    host = testbed.add_host("h200-x1")
+    version = newest_release_for((12, 8), 9.0).version
+    image = f"vllm/vllm-openai:v{version}"
+    build_vllm_image(host, image, version)
+    endpoint = start_fake_hf(testbed, 8090 + host.n, "--shard-mib", "1")
+    data = {"hf_endpoint": endpoint, "vllm_image": image, "vllm_health_timeout": 120}
+    tmp = tmp_path_factory.mktemp("faults")
+
+    def inventory(overrides: dict) -> Path:
+        return write_inventory(tmp / "inventory.py", [host], {host.name: {**data, **overrides}},
+                               {"hf_pip_args": testbed.pip_args, **_memlock_limit()})
+
+    yield Faulty(host, {host.name: data}, inventory)
+    testbed.restore_repos()
+
+
+def run_with_fault(inventory: Path, op_name: str, fault: Callable[[], object], delay: float) -> tuple[DeployResult, bool]:
+    """Run pyinfra; `delay` s after operation `op_name` starts, call `fault` (in a thread). Returns (result, fired)."""
+    t0 = time.monotonic()
+    proc = subprocess.Popen([str(PYINFRA), "-y", str(inventory), "deploy.py"], cwd=PROJECT, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    assert proc.stdout is not None
+    lines, injector = [], None
+    for line in proc.stdout:
+        lines.append(line)
+        if injector is None and "Starting operation" in line and op_name in line:
+            injector = threading.Thread(target=lambda: (time.sleep(delay), fault()))
+            injector.start()
+    rc = proc.wait(timeout=600)
+    if injector is not None:
+        injector.join(timeout=300)
+    output = "".join(lines)
+    ops, changed, errors = parse_results(output)
+    print(f"[time] pyinfra deploy.py with a fault at {op_name!r}: {time.monotonic() - t0:.1f}s (rc {rc})", flush=True)
+    return DeployResult(rc, output, time.monotonic() - t0, ops, changed, errors), injector is not None
+
+
+def dpkg_clean(host: Host) -> None:
+    """No package half-installed or half-configured, and every held package fully installed."""
+    audit = host.ssh("dpkg --audit").stdout
+    assert not audit.strip(), f"dpkg --audit: {audit}"
+    held = host.ssh("apt-mark showhold").stdout.split()
+    if held:
+        status = host.ssh("dpkg-query -W -f='${Package} ${db:Status-Abbrev}\\n' " + " ".join(held)).stdout
+        assert all(line.split()[1] == "hi" for line in status.splitlines()), status
+
+
+def test_disk_too_small_refused_before_any_change(faulty: Faulty) -> None:
+    host = faulty.host
+    assert host.ssh(f"mkdir -p {SMALL} && mount -t tmpfs -o size=64m tmpfs {SMALL}").returncode == 0
+    try:
+        before = host.ssh(SNAPSHOT).stdout
+        res = run_deploy(faulty.inventory({"model_dir": f"{SMALL}/model"}), "deploy.py")
+        after = host.ssh(SNAPSHOT).stdout
+    finally:
+        host.ssh(f"umount {SMALL}")
+    assert res.rc != 0, res.output[-3000:]
+    m = re.search(rf"(\d+\.\d) GiB free on {SMALL} \(holding {SMALL}\), (\d+\.\d) GiB needed", res.output)
+    assert m and float(m[1]) < float(m[2]), res.output[-3000:]
+    assert before == after, "\n".join(set(before.splitlines()) ^ set(after.splitlines()))[:3000]
+
+
+def test_vendor_repo_unreachable_names_the_url_and_leaves_nothing_half_installed(faulty: Faulty,
+                                                                                 testbed: Testbed) -> None:
+    testbed.break_repo("docker")
+    try:
+        res = run_deploy(faulty.inventory({}), "deploy.py")
+    finally:
+        testbed.restore_repos()
+    assert res.rc != 0, res.output[-3000:]
+    assert re.search(r"cannot download https://download\.docker\.com/linux/ubuntu/gpg .*docker_repo_url", res.output), \
+        res.output[-3000:]
+    dpkg_clean(faulty.host)
+    assert faulty.host.ssh("dpkg -s docker-ce").returncode != 0
+
+
+def test_ssh_dropped_mid_run_then_rerun_completes(faulty: Faulty) -> None:
+    host = faulty.host
+
+    def drop() -> None:  # every ssh session on the host, pyinfra's (and this one's) included
+        host.ssh("pkill -f 'sshd:.*@notty'", timeout=30)
+
+    cut, fired = run_with_fault(faulty.inventory({}), "Install Docker", drop, delay=1.0)
+    assert fired, cut.output[-3000:]
+    assert cut.rc != 0, "the run survived its SSH sessions being killed: the fault did not hit\n" + cut.output[-3000:]
+    rerun = run_deploy(faulty.inventory({}), "deploy.py")
+    assert rerun.rc == 0 and rerun.errors == 0, rerun.output[-4000:]
+    dpkg_clean(host)
+
+
+def test_reboot_mid_deploy_then_rerun_completes(faulty: Faulty) -> None:
+    host = faulty.host
+    # a new container environment recreates the container, and the stand-in opens its port only after 15 s:
+    # the run is certainly in the middle of waiting for /health when the host reboots
+    slow = faulty.inventory({"vllm_env": {"FAKE_VLLM_START_DELAY": "15"}})
+    before = host.boot_mark()
+    cut, fired = run_with_fault(slow, "Verify every vLLM endpoint", host.reboot, delay=2.0)
+    assert fired and host.boot_mark() != before, cut.output[-3000:]
+    assert cut.rc != 0, "the run finished before the reboot: the fault did not hit\n" + cut.output[-3000:]
+    rerun = run_deploy(slow, "deploy.py")
+    assert rerun.rc == 0 and rerun.errors == 0, rerun.output[-4000:]
+    dpkg_clean(host)
+    after = run_deploy(slow, "deploy.py")
+    assert after.rc == 0 and after.changed == 0, after.changed_ops or after.output[-4000:]
