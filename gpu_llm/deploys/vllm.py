@@ -10,6 +10,7 @@ from pyinfra import host
 from pyinfra.api import HiddenValue, deploy
 
 from gpu_llm import settings
+from gpu_llm.deploys import managed_paths
 from gpu_llm.deploys.model import verify_script_path
 from gpu_llm.operations import files as gpu_files
 from gpu_llm.operations import vllm as vllm_ops
@@ -36,13 +37,18 @@ def api_key(s: Any) -> str | None:
     return key
 
 
+def template_path(s: Any) -> str:
+    """Where the chat template lands on the host."""
+    return f"{s.vllm_config_dir}/{s.vllm_chat_template}"
+
+
 @deploy("vLLM")
 def vllm() -> None:
     s = settings.for_host(host)
     template = TEMPLATES / s.vllm_chat_template
     key = api_key(s)
-    put = gpu_files.put(name="Install the chat template", content=template.read_bytes(),
-                        dest=f"{s.vllm_config_dir}/{s.vllm_chat_template}", mode="644")
+    put = gpu_files.put(name="Install the chat template", content=template.read_bytes(), dest=template_path(s),
+                        mode="644", batch=managed_paths(s))
     vllm_ops.instances(
         name="Run the vLLM containers",
         settings=s,

@@ -24,19 +24,23 @@ class FileState(JsonFact):
 
 
 def parse_file_states(lines: list[str]) -> dict[str, FileState]:
-    """`path|file|mode|user|group|sha256`, `path|dir|mode|user|group|`, `path|absent|dir` / `path|absent|nodir`,
-    `path|other` lines."""
-    out = {}
+    """`path|absent|dir` / `path|absent|nodir` lines, then `stat -L -c '%n|%F|%a|%U|%G'` lines, then sha256sum's
+    `<sha256>  <path>` lines (see FileStates.command)."""
+    out: dict[str, FileState] = {}
+    sums = {}
     for line in lines:
-        path, _, rest = line.partition("|")
-        parts = rest.split("|")
-        if parts[0] in ("file", "dir") and len(parts) == 5 and parts[1].isdigit():
-            out[path] = FileState(parts[0], int(parts[1]), parts[2], parts[3], parts[4].strip())
-        elif parts[0] == "absent":
-            out[path] = FileState("absent", parent_dir=parts[1:] == ["dir"])
-        elif parts[0] == "other":
-            out[path] = FileState("other")
-    return out
+        if "|" not in line:
+            digest, _, path = line.partition("  ")
+            sums[path] = digest
+            continue
+        path, kind, *rest = line.split("|")
+        if kind == "absent":
+            out[path] = FileState("absent", parent_dir=rest == ["dir"])
+        elif len(rest) == 3 and rest[0].isdigit():
+            name = "file" if kind.startswith("regular") else "dir" if kind == "directory" else "other"
+            out[path] = FileState(name, int(rest[0]), rest[1], rest[2])
+    return {p: FileState(f.kind, f.mode, f.user, f.group, sums.get(p, ""), f.parent_dir) if f.kind == "file" else f
+            for p, f in out.items()}
 
 
 class FileStates(FactBase[dict]):
@@ -54,12 +58,10 @@ class FileStates(FactBase[dict]):
 
     def command(self, paths: tuple[str, ...]) -> str:
         quoted = " ".join(shlex.quote(p) for p in paths)
-        return (f"for p in {quoted}; do "
-                'if [ -f "$p" ]; then printf "%s|file|%s|" "$p" "$(stat -c "%a|%U|%G" "$p")"; '
-                "sha256sum < \"$p\" | cut -d ' ' -f 1; "
-                'elif [ -d "$p" ]; then printf "%s|dir|%s|\\n" "$p" "$(stat -c "%a|%U|%G" "$p")"; '
-                'elif [ -e "$p" ]; then echo "$p|other"; '
-                'elif [ -d "$(dirname "$p")" ]; then echo "$p|absent|dir"; else echo "$p|absent|nodir"; fi; done')
+        # shell builtins for the absent ones, then one stat and one sha256sum for all (directories: no digest)
+        return (f"for p in {quoted}; do [ -e \"$p\" ] || {{ [ -d \"${{p%/*}}/\" ] && echo \"$p|absent|dir\" "
+                f"|| echo \"$p|absent|nodir\"; }}; done; stat -L -c '%n|%F|%a|%U|%G' -- {quoted} 2>/dev/null; "
+                f"sha256sum -- {quoted} 2>/dev/null; true")
 
     def process(self, output: list[str]) -> dict:
         return parse_file_states(output)

@@ -29,3 +29,8 @@ def forget(host: Any, cls: type) -> None:
     memo = _memo(host)
     for key in [k for k in memo if k[0] is cls]:
         del memo[key]
+
+
+def forget_all(host: Any) -> None:
+    """The host rebooted: read every fact afresh."""
+    _memo(host).clear()

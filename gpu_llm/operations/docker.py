@@ -44,11 +44,12 @@ def merge(current: dict[str, Any], ours: dict[str, Any]) -> dict[str, Any]:
 
 
 @operation()
-def docker_repo(base_url: str):
+def docker_repo(base_url: str, batch: tuple[str, ...] = ()):
     """
     Add Docker's apt repository for the host's distro, its key in /etc/apt/keyrings (signed-by).
 
     + base_url: Docker's repository root, e.g. https://download.docker.com/linux
+    + batch: paths whose state is read with the keyrings (gpu_llm.operations.files)
 
     **Example:**
 
@@ -63,8 +64,9 @@ def docker_repo(base_url: str):
                      'set docker_package_source: "ubuntu" to use the distro\'s docker.io')
         return
     distro_name = distro["release_meta"]["ID"].lower()
-    yield from gpu_files.directory._inner(path=KEYRINGS, mode="755", batch=KEY_FILES)
-    if not gpu_files.downloaded(DOCKER_KEY, "644", batch=KEY_FILES):
+    batch = (*batch, *KEY_FILES)
+    yield from gpu_files.directory._inner(path=KEYRINGS, mode="755", batch=batch)
+    if not gpu_files.downloaded(DOCKER_KEY, "644", batch=batch):
         yield from download_naming_url(f"{base_url.rstrip('/')}/{distro_name}/gpg", DOCKER_KEY, "docker_repo_url")
     yield from packages.repo._inner(src=source, filename="docker")
 

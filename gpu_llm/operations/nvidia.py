@@ -119,13 +119,19 @@ def _install_command(state: DriverState, spec: DriverSpec, replacing: bool) -> S
     return StringCommand(*parts)
 
 
+def keyring_deb(keyring_version: str) -> str:
+    """Where cuda_repo keeps the cuda-keyring .deb it installs."""
+    return f"{STATE_DIR}/cuda-keyring_{keyring_version}_all.deb"
+
+
 @operation()
-def cuda_repo(base_url: str, keyring_version: str):
+def cuda_repo(base_url: str, keyring_version: str, batch: tuple[str, ...] = ()):
     """
     Add NVIDIA's CUDA apt repository for the host's distro: cuda-keyring .deb (the signing key) + the source line.
 
     + base_url: NVIDIA's repository root, e.g. https://developer.download.nvidia.com/compute/cuda/repos
     + keyring_version: cuda-keyring package version, e.g. "1.1-1"
+    + batch: paths whose state is read with STATE_DIR and the .deb (gpu_llm.operations.files)
 
     **Example:**
 
@@ -139,10 +145,11 @@ def cuda_repo(base_url: str, keyring_version: str):
                      f" (known: {', '.join(CUDA_REPO_DIRS)})")
         return
     url = f"{base_url.rstrip('/')}/{repo_dir}/x86_64"
-    deb = f"{STATE_DIR}/cuda-keyring_{keyring_version}_all.deb"
-    yield from gpu_files.directory._inner(path=STATE_DIR, mode="755", batch=(STATE_DIR, deb))
+    deb = keyring_deb(keyring_version)
+    batch = (*batch, STATE_DIR, deb)
+    yield from gpu_files.directory._inner(path=STATE_DIR, mode="755", batch=batch)
     # download then install from the path: apt.deb(src=URL) re-downloads to a name without .deb and is never a noop
-    if not gpu_files.downloaded(deb, "644", batch=(STATE_DIR, deb)):
+    if not gpu_files.downloaded(deb, "644", batch=batch):
         yield from download_naming_url(f"{url}/cuda-keyring_{keyring_version}_all.deb", deb, "nvidia_cuda_repo_url")
     # apt.deb's own check (the .deb's name and version installed), from the name and version in the file's name
     if keyring_version in memo.fact(host, DebPackages).get("cuda-keyring", ()):
@@ -265,7 +272,7 @@ def reboot_for_driver(branch: str, version: str, open_modules: bool = True, rebo
         yield refuse(f"reboot needed: {reason}; reboot the host and run again (nvidia_driver_reboot is false)")
         return
     yield from server.reboot._inner(delay=10, interval=2, reboot_timeout=reboot_timeout)
-    memo.forget(host, NvidiaDriver)
+    memo.forget_all(host)
     after = reboot_reason(memo.fact(host, NvidiaDriver), spec)
     if after is not None:
         yield refuse(f"rebooted, but {after}; check `dkms status` and `journalctl -k` for module build errors")

@@ -96,6 +96,12 @@ def instances(settings: Any, template_sha256: str, api_key: Any = None,
     current = _by_name(containers)
     force = template_restored()
 
+    # First: a removed instance may hold a port or GPUs a new one is given (one instance -> two on its port).
+    for name in stale_containers(containers, {p.container_name for p in plans}):
+        host.log(f"container {name}: removed, no longer configured")
+        yield StringCommand("docker", "rm", "-f", QuoteString(name))
+        yield StringCommand("rm", "-f", QuoteString(env_file_path(settings.vllm_config_dir, name)))
+
     for plan in plans:
         for warning in plan.warnings:
             host.log(f"{plan.container_name}: {warning}")
@@ -118,11 +124,6 @@ def instances(settings: Any, template_sha256: str, api_key: Any = None,
         if plan.container_name in current:
             yield StringCommand("docker", "rm", "-f", QuoteString(plan.container_name))
         yield StringCommand("docker", *(QuoteString(a) for a in docker_run_args(spec)))
-
-    for name in stale_containers(containers, {p.container_name for p in plans}):
-        host.log(f"container {name}: removed, no longer configured")
-        yield StringCommand("docker", "rm", "-f", QuoteString(name))
-        yield StringCommand("rm", "-f", QuoteString(env_file_path(settings.vllm_config_dir, name)))
 
 
 @operation(is_idempotent=False)

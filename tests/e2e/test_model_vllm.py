@@ -101,8 +101,8 @@ def _assert_runs_plan(box: Box, plan: InstancePlan, bind: str) -> dict[str, Any]
     assert c["Config"]["Cmd"] == plan.vllm_args  # after the image's ENTRYPOINT
     assert c["Config"]["Image"] == plan.image
     assert c["Config"]["Labels"][SPEC_LABEL] == box.spec_hash(plan)
-    assert c["HostConfig"]["Binds"] == [f"{s.model_dir}:/model/Qwen3-32B-AWQ:ro",
-                                        f"{HOST_TEMPLATE}:/app/qwen3_nonthinking.jinja:ro"]
+    assert sorted(c["HostConfig"]["Binds"]) == sorted([f"{s.model_dir}:/model/Qwen3-32B-AWQ:ro",
+                                                       f"{HOST_TEMPLATE}:/app/qwen3_nonthinking.jinja:ro"])
     assert c["HostConfig"]["RestartPolicy"]["Name"] == s.vllm_restart_policy == "always"
     assert c["HostConfig"]["PortBindings"] == {"8000/tcp": [{"HostIp": bind, "HostPort": str(plan.port)}]}
     for k, v in plan.env.items():

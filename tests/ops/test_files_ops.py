@@ -20,6 +20,15 @@ SHA = hashlib.sha256(BODY).hexdigest()
 DEST = "/etc/modprobe.d/x.conf"
 
 
+def file(path: str, mode: str = "644", sha: str = SHA, user: str = "root") -> list[str]:
+    """FileStates' output for a regular file: its stat line and its sha256sum line."""
+    return [f"{path}|regular file|{mode}|{user}|{user}", f"{sha}  {path}"]
+
+
+def directory(path: str, mode: str = "755", user: str = "root") -> list[str]:
+    return [f"{path}|directory|{mode}|{user}|{user}"]
+
+
 def test_fact_command_reads_files_dirs_and_absent_paths_in_one_shell(tmp_path: Path) -> None:
     f = tmp_path / "f.conf"
     f.write_bytes(BODY)
@@ -37,18 +46,18 @@ def test_fact_command_reads_files_dirs_and_absent_paths_in_one_shell(tmp_path: P
 
 
 def test_put_is_a_noop_when_content_and_mode_match() -> None:
-    r = run(gpu_files.put, {"FileStates": [f"{DEST}|file|644|root|root|{SHA}"]}, content=BODY, dest=DEST, mode="644")
+    r = run(gpu_files.put, {"FileStates": file(DEST)}, content=BODY, dest=DEST, mode="644")
     assert r.commands == [] and r.noops == [f"{DEST} is up to date"]
 
 
 def test_put_uploads_changed_content_and_sets_the_mode() -> None:
-    r = run(gpu_files.put, {"FileStates": [f"{DEST}|file|644|root|root|{'0' * 64}"]}, content=BODY, dest=DEST,
+    r = run(gpu_files.put, {"FileStates": file(DEST, sha="0" * 64)}, content=BODY, dest=DEST,
             mode="644")
     assert len(r.commands) == 2 and "FileUploadCommand" in r.commands[0] and r.commands[1] == f"chmod 644 {DEST}"
 
 
 def test_put_only_fixes_the_mode_of_right_content() -> None:
-    r = run(gpu_files.put, {"FileStates": [f"{DEST}|file|600|root|root|{SHA}"]}, content=BODY, dest=DEST, mode="644")
+    r = run(gpu_files.put, {"FileStates": file(DEST, mode="600")}, content=BODY, dest=DEST, mode="644")
     assert r.commands == [f"chmod 644 {DEST}"]
 
 
@@ -58,16 +67,16 @@ def test_put_creates_a_missing_parent_directory() -> None:
 
 
 def test_put_refuses_a_directory_in_the_way() -> None:
-    r = run(gpu_files.put, {"FileStates": [f"{DEST}|dir|755|root|root|"]}, content=BODY, dest=DEST, mode="644")
+    r = run(gpu_files.put, {"FileStates": directory(DEST)}, content=BODY, dest=DEST, mode="644")
     assert r.commands == [f"refuse: {DEST} exists and is not a regular file"]
 
 
 def test_directory_creates_then_sets_mode_and_owner() -> None:
     r = run(gpu_files.directory, {"FileStates": ["/m|absent|dir"]}, path="/m", mode="755", user="llm")
     assert r.commands == ["mkdir -p /m", "chmod 755 /m", "chown llm /m"]
-    r = run(gpu_files.directory, {"FileStates": ["/m|dir|700|root|root|"]}, path="/m", mode="755", user="llm")
+    r = run(gpu_files.directory, {"FileStates": directory("/m", "700")}, path="/m", mode="755", user="llm")
     assert r.commands == ["chmod 755 /m", "chown llm /m"]
-    r = run(gpu_files.directory, {"FileStates": ["/m|dir|700|llm|llm|"]}, path="/m", user="llm")
+    r = run(gpu_files.directory, {"FileStates": directory("/m", "700", "llm")}, path="/m", user="llm")
     assert r.commands == [] and r.noops == ["directory /m already exists"]
 
 
@@ -79,7 +88,7 @@ def _ops_on_one_host(facts: dict, *calls) -> tuple[FakeHost, list[list[str]]]:  
 
 def test_a_batch_is_read_once_for_all_its_paths_and_again_after_a_change() -> None:
     batch = ("/a", "/b", "/c")
-    first = ["/a|file|644|root|root|" + SHA, "/b|file|644|root|root|" + "0" * 64, "/c|file|644|root|root|" + SHA]
+    first = [*file("/a"), *file("/b", sha="0" * 64), *file("/c")]
     fake, cmds = _ops_on_one_host(
         {"FileStates": Reads([first, first])},
         (gpu_files.put, {"content": BODY, "dest": "/a", "mode": "644", "batch": batch}),

@@ -140,6 +140,13 @@ def test_only_our_labelled_containers_are_removed(fake):
     assert "container old-coder: removed, no longer configured" in h.logs
 
 
+def test_a_removed_instance_frees_its_port_before_new_ones_start(fake):
+    s = settings(vllm_instances=[{"name": "qa", "port": 8000, "gpus": [0]}])
+    fake({NvidiaGpus: GpuInventory(smi="ok", gpus=H200), DockerContainers: [container("coder", "x" * 24)]})
+    cmds = run_instances(s)
+    assert cmds.index("docker rm -f coder") < next(i for i, c in enumerate(cmds) if c.startswith("docker run"))
+
+
 def test_api_key_goes_to_a_0600_env_file_not_the_command_line(fake):
     key = "sk-very-secret-key"
     s = settings(vllm_api_key=key)
