@@ -10,7 +10,7 @@ from pyinfra.api import deploy
 from gpu_llm.defaults import DEFAULTS
 from gpu_llm.operations import nvidia as nvidia_ops
 from gpu_llm.operations import preflight as preflight_ops
-from gpu_llm.plan import required_cuda
+from gpu_llm.plan import gpus_needed, required_cuda
 from gpu_llm.plan.types import QWEN3_32B_AWQ
 from gpu_llm.settings import for_host
 
@@ -47,6 +47,7 @@ def preflight() -> None:
         supported_os=list(s.preflight_supported_os),
         required_gib=round(model_gib(s) + s.preflight_image_gib, 1),
         require_gpu=s.preflight_require_gpu,
+        gpus_needed=gpus_needed(s),
     )
     if s.nvidia_driver_install:  # a driver the nvidia step would refuse is refused here, before any change
         nvidia_ops.driver_check(name="Check the host's NVIDIA driver can be kept or replaced",

@@ -12,7 +12,8 @@ SUPPORTED_ARCH = "x86_64"
 KIB_PER_GIB = 1024 * 1024
 
 
-def problems(info: HostPreflight, supported_os: list[str], required_gib: float, require_gpu: bool) -> list[str]:
+def problems(info: HostPreflight, supported_os: list[str], required_gib: float, require_gpu: bool,
+             gpus_needed: tuple[int, str] = (1, "")) -> list[str]:
     """Every reason this host cannot be provisioned (empty: it can)."""
     found = []
     if info.os_id not in supported_os:
@@ -30,6 +31,9 @@ def problems(info: HostPreflight, supported_os: list[str], required_gib: float, 
     if require_gpu and not info.pci_gpus:
         found.append("no NVIDIA GPU on the PCI bus (vendor 0x10de, display class); "
                      "set preflight_require_gpu: false to provision a GPU-less host")
+    elif require_gpu and gpus_needed[0] > len(info.pci_gpus):
+        found.append(f"{gpus_needed[1]} needs {gpus_needed[0]} GPU(s) but the host has {len(info.pci_gpus)} "
+                     "on the PCI bus")
     return found
 
 
@@ -39,7 +43,8 @@ def summary(info: HostPreflight, required_gib: float) -> str:
 
 
 @operation()
-def check(path: str, supported_os: list[str], required_gib: float, require_gpu: bool = True):
+def check(path: str, supported_os: list[str], required_gib: float, require_gpu: bool = True,
+          gpus_needed: tuple[int, str] = (1, "")):
     """
     Refuse the host (failing this operation, changing nothing) unless it can run gpu-llm.
 
@@ -47,6 +52,7 @@ def check(path: str, supported_os: list[str], required_gib: float, require_gpu: 
     + supported_os: allowed ID-VERSION_ID values of /etc/os-release, e.g. ["ubuntu-24.04"]
     + required_gib: free GiB needed there (model + image)
     + require_gpu: refuse when no NVIDIA GPU is on the PCI bus
+    + gpus_needed: (count, setting): refuse when the settings ask for more GPUs than the PCI bus shows
 
     **Example:**
 
@@ -56,7 +62,7 @@ def check(path: str, supported_os: list[str], required_gib: float, require_gpu: 
                         supported_os=["ubuntu-24.04"], required_gib=44)
     """
     info = host.get_fact(Preflight, path=path)
-    found = problems(info, supported_os, required_gib, require_gpu)
+    found = problems(info, supported_os, required_gib, require_gpu, gpus_needed)
     if found:
         yield refuse("preflight failed: " + "; ".join(found))
     else:

@@ -260,3 +260,13 @@ def required_cuda(settings: Any) -> str:
         _, rel = _image(settings, driver="", min_cc=0.0)
         cuda = versions.cuda_of_image(settings.vllm_image, rel)
     return f"{cuda[0]}.{cuda[1]}"
+
+
+def gpus_needed(settings: Any) -> tuple[int, str]:
+    """How many GPUs the settings ask for at least, and the setting that asks (checked in preflight against
+    the GPUs on the PCI bus, before a driver exists to tell their memory)."""
+    if settings.vllm_instances is not None:
+        return max(i for inst in settings.vllm_instances for i in inst["gpus"]) + 1, "vllm_instances"
+    if settings.vllm_tensor_parallel_size != "auto":
+        return settings.vllm_tensor_parallel_size, "vllm_tensor_parallel_size"
+    return 1, "vllm_tensor_parallel_size"

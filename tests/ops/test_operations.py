@@ -286,3 +286,17 @@ def test_daemon_json_writes_merged_file_keeping_foreign_key(monkeypatch):
     r = run(docker.daemon_json, {"DockerDaemonJson": dj}, config=OUR_CONFIG)
     assert r.commands == ["mkdir /etc/docker", "upload /etc/docker/daemon.json"]
     assert written["/etc/docker/daemon.json"] == {"data-root": "/data/docker", **RUNTIME, **OUR_CONFIG}
+
+
+@pytest.mark.parametrize(("data", "expected"), [
+    ({"vllm_tensor_parallel_size": 4}, "vllm_tensor_parallel_size needs 4 GPU(s) but the host has 1 on the PCI bus"),
+    ({"vllm_instances": [{"name": "qa", "port": 8000, "gpus": [0]}, {"name": "qb", "port": 8001, "gpus": [1]}]},
+     "vllm_instances needs 2 GPU(s) but the host has 1"),
+])
+def test_preflight_refuses_settings_asking_for_more_gpus_than_the_bus_shows(data, expected):
+    from gpu_llm.plan import gpus_needed
+    from gpu_llm.settings import from_data
+
+    r = run(preflight.check, {"Preflight": GOOD}, gpus_needed=gpus_needed(from_data(data)), **ARGS)
+    assert len(r.commands) == 1 and expected in r.commands[0]
+    assert run(preflight.check, {"Preflight": GOOD}, gpus_needed=gpus_needed(from_data({})), **ARGS).commands == []
