@@ -14,7 +14,7 @@ def managed_paths(s) -> tuple[str, ...]:  # noqa: ANN001 (gpu_llm.settings.Setti
     state of all of them in one command, the others reuse it until one of them changes something."""
     from gpu_llm.deploys import docker, model, nvidia, vllm  # they import this module
 
-    return (*model.paths(s), *nvidia.paths(s), *docker.paths(), vllm.template_path(s))
+    return (*model.paths(s), *nvidia.paths(s), *docker.paths(), *vllm.paths(s))
 
 
 def service(**kwargs):  # noqa: ANN003, ANN201 (the arguments and result of systemd.service)

@@ -38,7 +38,8 @@ def docker() -> None:
     gpu_files.directory(name="Create /etc/apt/keyrings", path=KEYRINGS, mode="755", batch=batch)
     gpu_files.download(name="Download NVIDIA Container Toolkit's signing key", src=f"{url}/gpgkey", dest=NVCT_KEY,
                        mode="644", setting="container_toolkit_repo_url", batch=batch)
-    repos.append(packages.repo(name="Add NVIDIA Container Toolkit's apt repository", filename="nvidia-container-toolkit",
+    repos.append(packages.repo(name="Add NVIDIA Container Toolkit's apt repository",
+                               filename="nvidia-container-toolkit",
                                src=f"deb [signed-by={NVCT_KEY}] {url}/stable/deb/amd64 /"))
     apt.update(name="Refresh apt lists for Docker and the Container Toolkit",
                _if=lambda: any(r.did_change() for r in repos))

@@ -51,7 +51,7 @@ def download_of(s) -> model_ops.Download:  # noqa: ANN001
 
 def paths(s) -> tuple[str, ...]:  # noqa: ANN001
     """What model_download_start puts or creates."""
-    return (download_of(s).script, verify_script_path(s), s.vllm_config_dir, LOG_DIR, s.model_dir)
+    return (download_of(s).script, verify_script_path(s), s.vllm_config_dir, LOG_DIR, s.model_dir, token_path(s))
 
 
 @deploy("Start the model download")
@@ -74,6 +74,7 @@ def model_download_start() -> None:
     model_ops.secret_file(
         name="Store the Hugging Face token (0600)" if s.hf_token else "Remove the stored Hugging Face token",
         path=token_path(s), content=HiddenValue(s.hf_token) if s.hf_token else None, user=s.model_owner,
+        batch=batch,
     )
     model_ops.download_started(name="Start downloading the model in the background", d=download_of(s))
 

@@ -37,6 +37,12 @@ def api_key(s: Any) -> str | None:
     return key
 
 
+def paths(s: Any) -> tuple[str, ...]:
+    """The chat template and each configured instance's env file."""
+    names = [i["name"] for i in s.vllm_instances] if s.vllm_instances else [s.vllm_container_name]
+    return (template_path(s), *(vllm_ops.env_file_path(s.vllm_config_dir, n) for n in names))
+
+
 def template_path(s: Any) -> str:
     """Where the chat template lands on the host."""
     return f"{s.vllm_config_dir}/{s.vllm_chat_template}"
@@ -55,6 +61,7 @@ def vllm() -> None:
         template_sha256=hashlib.sha256(template.read_bytes()).hexdigest(),
         api_key=HiddenValue(key) if key else None,
         template_restored=lambda: put.changed,
+        batch=managed_paths(s),
     )
 
 

@@ -17,10 +17,11 @@ QUERY_FIELDS = "index,name,uuid,memory.total,compute_cap,driver_version,pci.bus_
 # NVIDIA GPUs on the PCI bus: "<sysfs path> <device id> <class>" (vendor 0x10de, class 0x03xxxx = display
 # controller; the GPUs' HDMI audio functions are class 0x0403 and left out). lspci is often missing (it was on
 # the reference H200 host), sysfs never is.
+# `read` is a shell builtin: no process per device (a server has hundreds of PCI functions).
 PCI_COMMAND = (
     "for d in /sys/bus/pci/devices/*; do "
-    '[ "$(cat "$d/vendor" 2>/dev/null)" = ' + NVIDIA_VENDOR + ' ] || continue; '
-    'c=$(cat "$d/class"); case "$c" in 0x03*) echo "$d $(cat "$d/device") $c";; esac; '
+    'read -r v 2>/dev/null < "$d/vendor" && [ "$v" = ' + NVIDIA_VENDOR + ' ] || continue; '
+    'read -r c < "$d/class"; case "$c" in 0x03*) read -r id < "$d/device"; echo "$d $id $c";; esac; '
     "done"
 )
 

@@ -4,14 +4,20 @@ from __future__ import annotations
 
 import hashlib
 from io import BytesIO
+from typing import Any
 
 from pyinfra import host
 from pyinfra.api import FileUploadCommand, QuoteString, StringCommand, operation
 from pyinfra.operations.util.files import chmod, chown
 
 from gpu_llm.facts import memo
-from gpu_llm.facts.files import FileStates
+from gpu_llm.facts.files import FileState, FileStates
 from gpu_llm.operations import download_naming_url, refuse
+
+
+def state(on: Any, path: str, batch: tuple[str, ...] = ()) -> FileState | None:
+    """`path`'s FileState on host `on`, read in one command with the paths of `batch` unless that read still holds."""
+    return (memo.fact(on, FileStates, paths=tuple(dict.fromkeys((*batch, path)))) or {}).get(path)
 
 
 @operation()
@@ -31,8 +37,7 @@ def put(content: bytes, dest: str, mode: str, batch: tuple[str, ...] = ()):
 
         files.put(name="Install the udev rule", content=b"...", dest="/etc/udev/rules.d/71-x.rules", mode="644")
     """
-    paths = tuple(dict.fromkeys((*batch, dest)))
-    current = memo.fact(host, FileStates, paths=paths).get(dest)
+    current = state(host, dest, batch)
     if current is None or current.kind not in ("file", "absent"):
         yield refuse(f"{dest} exists and is not a regular file" if current else f"could not read the state of {dest}")
         return
@@ -64,7 +69,7 @@ def directory(path: str, mode: str | None = None, user: str | None = None, batch
 
         files.directory(name="Create the log directory", path="/var/log/gpu-llm", mode="755")
     """
-    current = memo.fact(host, FileStates, paths=tuple(dict.fromkeys((*batch, path)))).get(path)
+    current = state(host, path, batch)
     if current is None or current.kind not in ("dir", "absent"):
         yield refuse(f"{path} exists and is not a directory" if current else f"could not read the state of {path}")
         return
@@ -86,7 +91,7 @@ def directory(path: str, mode: str | None = None, user: str | None = None, batch
 def downloaded(dest: str, mode: str, batch: tuple[str, ...] = ()) -> bool:
     """True, noting a noop, when `dest` is a file with `mode`: files.download never fetches an existing file again
     (it only fixes the mode), so its File fact read can join `batch`'s one command."""
-    current = memo.fact(host, FileStates, paths=tuple(dict.fromkeys((*batch, dest)))).get(dest)
+    current = state(host, dest, batch)
     if current is not None and current.kind == "file" and current.mode == int(mode):
         host.noop(f"file {dest} has already been downloaded")
         return True

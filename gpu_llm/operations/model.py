@@ -8,10 +8,11 @@ from io import StringIO
 
 from pyinfra import host
 from pyinfra.api import FileUploadCommand, FunctionCommand, HiddenValue, QuoteString, StringCommand, operation
-from pyinfra.facts.files import File, Sha256File
 
 from gpu_llm.facts import memo
+from gpu_llm.facts.files import FileStates
 from gpu_llm.facts.model import VENV_MARKER, ModelSnapshot, SnapshotState, VenvMarker
+from gpu_llm.operations import files as gpu_files
 
 
 @dataclass(frozen=True)
@@ -116,17 +117,19 @@ def hf_venv(path: str, requirements: list[str], pip_args: list[str]):
     yield StringCommand("printf", QuoteString("%s\\n"), QuoteString(wanted), ">", QuoteString(f"{path}/{VENV_MARKER}"))
 
 
-def secret_file_commands(path: str, raw: str, user: str):
+def secret_file_commands(path: str, raw: str, user: str, batch: tuple[str, ...] = ()):
     """Commands making `path` a 0600 file of `user` holding `raw`; none when it already is.
 
     Not files.put: that prints file contents under --diff. The file is created empty with 0600 first, so
     the upload (which truncates and keeps the mode) never leaves the secret readable by others.
     """
-    current = host.get_fact(File, path=path)
-    same = bool(current) and host.get_fact(Sha256File, path=path) == hashlib.sha256(raw.encode()).hexdigest()
-    if same and current["mode"] == 600 and current["user"] == user:
+    current = gpu_files.state(host, path, batch)  # with `batch`: see gpu_llm.operations.files
+    digest = hashlib.sha256(raw.encode()).hexdigest()
+    same = current is not None and current.kind == "file" and current.sha256 == digest
+    if same and current.mode == 600 and current.user == user:
         host.noop(f"{path} holds the secret (0600, {user})")
         return
+    memo.forget(host, FileStates)
     yield StringCommand("(", "umask", "077", "&&", "touch", QuoteString(path), ")", "&&",
                         "chmod", "600", QuoteString(path), "&&", "chown", QuoteString(user), QuoteString(path))
     if not same:
@@ -134,11 +137,14 @@ def secret_file_commands(path: str, raw: str, user: str):
 
 
 @operation()
-def secret_file(path: str, content: HiddenValue | None, user: str = "root"):
-    """A file only `user` can read (0600) holding `content` (a pyinfra HiddenValue); None removes it."""
+def secret_file(path: str, content: HiddenValue | None, user: str = "root", batch: tuple[str, ...] = ()):
+    """A file only `user` can read (0600) holding `content` (a pyinfra HiddenValue); None removes it.
+
+    `batch`: paths whose state is read with this one (gpu_llm.operations.files)."""
     if content is not None:
-        yield from secret_file_commands(path, content.unmask(), user)
-    elif host.get_fact(File, path=path):
+        yield from secret_file_commands(path, content.unmask(), user, batch)
+    elif (current := gpu_files.state(host, path, batch)) is not None and current.kind == "file":
+        memo.forget(host, FileStates)
         yield StringCommand("rm", "-f", QuoteString(path))
     else:
         host.noop(f"{path} absent")

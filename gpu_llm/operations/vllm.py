@@ -13,11 +13,12 @@ from typing import Any
 from pyinfra import host, state
 from pyinfra.api import QuoteString, StringCommand, operation
 from pyinfra.facts.docker import DockerContainers
-from pyinfra.facts.files import File
 
 from gpu_llm.facts import memo
 from gpu_llm.facts.container import VllmVerdict
+from gpu_llm.facts.files import FileStates
 from gpu_llm.facts.gpu import NvidiaGpus
+from gpu_llm.operations import files as gpu_files
 from gpu_llm.operations.model import secret_file_commands
 from gpu_llm.plan import InstancePlan, PlanError, plan_instances
 from gpu_llm.plan.container import MANAGED_LABEL, SPEC_LABEL, container_spec, docker_run_args, spec_hash
@@ -77,13 +78,14 @@ def stale_containers(containers: list[dict[str, Any]] | None, wanted: set[str]) 
 
 @operation()
 def instances(settings: Any, template_sha256: str, api_key: Any = None,
-              template_restored: Callable[[], bool] = lambda: False):
+              template_restored: Callable[[], bool] = lambda: False, batch: tuple[str, ...] = ()):
     """Every planned vLLM instance runs its current spec; instances no longer planned are removed.
 
     + settings: gpu_llm.settings.Settings of the host
     + template_sha256: sha256 of the chat template's content (part of the spec: editing it recreates)
     + api_key: pyinfra HiddenValue with the API key, or None (then the port is bound to 127.0.0.1)
     + template_restored: called at execution; True recreates containers even with an unchanged spec
+    + batch: paths whose state is read with the env files' (gpu_llm.operations.files)
     """
     try:
         plans = host_plans(settings)
@@ -107,8 +109,9 @@ def instances(settings: Any, template_sha256: str, api_key: Any = None,
             host.log(f"{plan.container_name}: {warning}")
         env_file = env_file_path(settings.vllm_config_dir, plan.container_name)
         if raw_key:
-            yield from secret_file_commands(env_file, f"VLLM_API_KEY={raw_key}\n", "root")
-        elif host.get_fact(File, path=env_file):
+            yield from secret_file_commands(env_file, f"VLLM_API_KEY={raw_key}\n", "root", batch)
+        elif (env_state := gpu_files.state(host, env_file, batch)) is not None and env_state.kind == "file":
+            memo.forget(host, FileStates)
             yield StringCommand("rm", "-f", QuoteString(env_file))
         spec = container_spec(plan, settings, template_sha256, api_key_sha256=key_digest, env_file=env_file)
         wanted = spec_hash(spec)

@@ -7,8 +7,8 @@ from typing import Any
 
 import pytest
 from pyinfra.api import FileUploadCommand, FunctionCommand, HiddenValue
-from pyinfra.facts.files import File, Sha256File
 
+from gpu_llm.facts.files import FileState, FileStates
 from gpu_llm.facts.model import ModelSnapshot, SnapshotState, VenvMarker
 from gpu_llm.operations import model as ops
 from gpu_llm.remote.download import make_manifest
@@ -122,13 +122,13 @@ def test_secret_file_is_created_0600_before_upload_and_token_stays_out_of_comman
 
 def test_secret_file_in_place_is_a_noop_and_wrong_mode_is_fixed_without_upload(fake):
     digest = hashlib.sha256(b"hf_secret").hexdigest()
-    fake({(File, TOKEN_FILE): {"mode": 600, "user": "root"}, (Sha256File, TOKEN_FILE): digest})
+    fake({FileStates: {TOKEN_FILE: FileState("file", 600, "root", "root", digest)}})
     assert raw(ops.secret_file._inner(TOKEN_FILE, HiddenValue("hf_secret"), "root")) == []
-    fake({(File, TOKEN_FILE): {"mode": 644, "user": "root"}, (Sha256File, TOKEN_FILE): digest})
+    fake({FileStates: {TOKEN_FILE: FileState("file", 644, "root", "root", digest)}})
     [cmd] = raw(ops.secret_file._inner(TOKEN_FILE, HiddenValue("hf_secret"), "root"))
     assert "chmod 600" in cmd
 
 
 def test_secret_file_without_content_is_removed(fake):
-    fake({(File, TOKEN_FILE): {"mode": 600, "user": "root"}})
+    fake({FileStates: {TOKEN_FILE: FileState("file", 600, "root", "root", "0" * 64)}})
     assert raw(ops.secret_file._inner(TOKEN_FILE, None)) == [f"rm -f {TOKEN_FILE}"]

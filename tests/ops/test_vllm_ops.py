@@ -8,10 +8,10 @@ from typing import Any
 import pytest
 from pyinfra.api import FileUploadCommand, HiddenValue
 from pyinfra.facts.docker import DockerContainers
-from pyinfra.facts.files import File, Sha256File
 
 from gpu_llm.defaults import DEFAULTS
 from gpu_llm.facts.container import VllmVerdict, parse_verdict, verify_command
+from gpu_llm.facts.files import FileState, FileStates
 from gpu_llm.facts.gpu import GpuInventory, NvidiaGpus
 from gpu_llm.operations import model as model_ops
 from gpu_llm.operations import vllm as ops
@@ -165,8 +165,8 @@ def test_api_key_env_file_in_place_is_a_noop(fake):
     s = settings(vllm_api_key=key)
     env = "/etc/gpu-llm/coder.env"
     fake({DockerContainers: [container("coder", wanted_hash(s, key))],
-          (File, env): {"mode": 600, "user": "root"},
-          (Sha256File, env): hashlib.sha256(f"VLLM_API_KEY={key}\n".encode()).hexdigest()})
+          FileStates: {env: FileState("file", 600, "root", "root",
+                                      hashlib.sha256(f"VLLM_API_KEY={key}\n".encode()).hexdigest())}})
     assert run_instances(s, api_key=HiddenValue(key)) == []
 
 
@@ -174,7 +174,7 @@ def test_removed_api_key_deletes_env_file_and_recreates(fake):
     key = "sk-very-secret-key"
     s = settings()
     fake({DockerContainers: [container("coder", wanted_hash(settings(vllm_api_key=key), key))],
-          (File, "/etc/gpu-llm/coder.env"): {"mode": 600, "user": "root"}})
+          FileStates: {"/etc/gpu-llm/coder.env": FileState("file", 600, "root", "root", "0" * 64)}})
     cmds = run_instances(s)
     assert cmds[0] == "rm -f /etc/gpu-llm/coder.env" and "127.0.0.1:8000:8000" in cmds[-1]
 
