@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from tests.testbed.harness import Host, Testbed, TestbedUnavailable
+from tests.testbed.images import build_vllm_image, start_fake_hf
 from tests.testbed.proc import timed
 from tests.testbed.pyinfra_run import DeployResult, run_deploy, write_inventory
 from tests.testbed.rootfs import ArchiveUnreachable
@@ -60,8 +61,36 @@ def deploy(testbed: Testbed, tmp_path: Path) -> Callable[..., DeployResult]:
 
     def run(hosts: list[Host], data: dict[str, dict] | None = None, common: dict | None = None,
             deploy_file: str | Path = "deploy.py", *extra: str) -> DeployResult:
-        base = {"hf_pip_args": testbed.pip_args, **_memlock_limit()}
-        inv = write_inventory(tmp_path / "inventory.py", hosts, data, {**base, **(common or {})})
+        inv = write_inventory(tmp_path / "inventory.py", hosts, data, {**base_data(testbed), **(common or {})})
         return run_deploy(inv, deploy_file, *extra)
 
     return run
+
+
+def base_data(testbed: Testbed) -> dict:
+    """Data every e2e inventory gets: the offline wheel source (hf_pip_args) and, where needed, a memlock limit."""
+    return {"hf_pip_args": testbed.pip_args, **_memlock_limit()}
+
+
+def module_runner(testbed: Testbed, tmp: Path) -> Callable[..., DeployResult]:
+    """The `deploy` fixture's runner (same base data), usable by module-scoped fixtures."""
+
+    def run(hosts: list[Host], data: dict[str, dict], *extra: str) -> DeployResult:
+        inv = write_inventory(tmp / "inventory.py", hosts, data, base_data(testbed))
+        return run_deploy(inv, "deploy.py", *extra)
+
+    return run
+
+
+def prepared_host(testbed: Testbed, fixture: str = "h200-x1", *hub_args: str, min_cc: float = 9.0,
+                  **data: object) -> tuple[Host, dict[str, dict]]:
+    """A fresh host with the stand-in vLLM image the 570 driver runs (hosts have no registry: the image is there
+    before the deploy) and its own fake HF hub (extra `hub_args` for fake_hf.py); returns (host, host data)."""
+    from gpu_llm.plan.versions import newest_release_for
+
+    host = testbed.add_host(fixture)
+    version = newest_release_for((12, 8), min_cc).version  # the 570 driver = CUDA 12.8
+    image = f"vllm/vllm-openai:v{version}"
+    build_vllm_image(host, image, version)
+    endpoint = start_fake_hf(testbed, 8090 + host.n, "--shard-mib", "1", *hub_args)
+    return host, {host.name: {"hf_endpoint": endpoint, "vllm_image": image, "vllm_health_timeout": 120, **data}}

@@ -8,15 +8,15 @@ hand-made container of the same name, so it is round B (its own break, repair an
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
 
+from tests.e2e.conftest import module_runner, prepared_host
 from tests.testbed.harness import Host, Testbed
-from tests.testbed.images import build_vllm_image, start_fake_hf
-from tests.testbed.pyinfra_run import DeployResult, run_deploy, write_inventory
+from tests.testbed.pyinfra_run import DeployResult
 
 pytestmark = pytest.mark.e2e
 
@@ -26,29 +26,6 @@ DAEMON_JSON = "/etc/docker/daemon.json"
 SOURCES = "/etc/apt/sources.list.d"
 MODEL_DIR = "/home/llm/model/qwen/Qwen3-32B-AWQ"
 CONTAINER = "coder"
-
-
-def module_runner(testbed: Testbed, tmp: Path) -> Callable[..., DeployResult]:
-    """The `deploy` fixture's runner (same base data), usable by module-scoped fixtures."""
-    from tests.e2e.conftest import _memlock_limit
-
-    def run(hosts: list[Host], data: dict[str, dict], *extra: str) -> DeployResult:
-        inv = write_inventory(tmp / "inventory.py", hosts, data, {"hf_pip_args": testbed.pip_args, **_memlock_limit()})
-        return run_deploy(inv, "deploy.py", *extra)
-
-    return run
-
-
-def prepared_host(testbed: Testbed, fixture: str = "h200-x1", **data: object) -> tuple[Host, dict[str, dict]]:
-    """A fresh host with the stand-in image and a fake HF hub, set up as tests/e2e/test_converge.py does."""
-    from gpu_llm.plan.versions import newest_release_for
-
-    host = testbed.add_host(fixture)
-    version = newest_release_for((12, 8), 9.0).version
-    image = f"vllm/vllm-openai:v{version}"
-    build_vllm_image(host, image, version)
-    endpoint = start_fake_hf(testbed, 8090 + host.n, "--shard-mib", "1")
-    return host, {host.name: {"hf_endpoint": endpoint, "vllm_image": image, "vllm_health_timeout": 120, **data}}
 
 
 def sh(host: Host, cmd: str) -> str:

@@ -20,10 +20,16 @@ from pathlib import Path
 
 import pytest
 
+from tests.e2e.conftest import base_data, prepared_host
 from tests.testbed.config import PROJECT
 from tests.testbed.harness import Host, Testbed
-from tests.testbed.images import build_vllm_image, start_fake_hf
-from tests.testbed.pyinfra_run import PYINFRA, DeployResult, parse_results, run_deploy, write_inventory
+from tests.testbed.pyinfra_run import (
+    PYINFRA,
+    DeployResult,
+    parse_results,
+    run_deploy,
+    write_inventory,
+)
 
 pytestmark = pytest.mark.e2e
 
@@ -45,20 +51,13 @@ class Faulty:
 
 @pytest.fixture(scope="module")
 def faulty(testbed: Testbed, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Faulty]:
-    from gpu_llm.plan.versions import newest_release_for
-    from tests.e2e.conftest import _memlock_limit  # the `deploy` fixture's base data, for a module-scoped runner
-
-    host = testbed.add_host("h200-x1")
-    version = newest_release_for((12, 8), 9.0).version
-    image = f"vllm/vllm-openai:v{version}"
-    build_vllm_image(host, image, version)
-    endpoint = start_fake_hf(testbed, 8090 + host.n, "--shard-mib", "1")
-    data = {"hf_endpoint": endpoint, "vllm_image": image, "vllm_health_timeout": 120}
+    host, prepared = prepared_host(testbed, "h200-x1")
+    data = prepared[host.name]
     tmp = tmp_path_factory.mktemp("faults")
 
     def inventory(overrides: dict) -> Path:
         return write_inventory(tmp / "inventory.py", [host], {host.name: {**data, **overrides}},
-                               {"hf_pip_args": testbed.pip_args, **_memlock_limit()})
+                               base_data(testbed))
 
     yield Faulty(host, {host.name: data}, inventory)
     testbed.restore_repos()

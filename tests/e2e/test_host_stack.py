@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 import pytest
 
+from tests.e2e.conftest import base_data
 from tests.testbed.harness import Host, Testbed
 from tests.testbed.images import build_vllm_image, start_fake_hf
 from tests.testbed.pyinfra_run import DeployResult
@@ -93,18 +94,12 @@ def stack(testbed: Testbed, hf_endpoint: str, tmp_path_factory: pytest.TempPathF
     data = _host_data(testbed, host, hf_endpoint)
     host.ssh("mkdir -p /etc/docker && cat > /etc/docker/daemon.json", input=json.dumps(FOREIGN_DAEMON), check=True)
     inv = write_inventory(tmp_path_factory.mktemp("stack") / "inventory.py", [host], data,
-                          {"hf_pip_args": testbed.pip_args, **_memlock()})
+                          base_data(testbed))
     boot_before = host.boot_mark()
     first = run_deploy(inv, "deploy.py")
     second = run_deploy(inv, "deploy.py", "-v")
     print(f"[time] host stack: converged host (boot, image, 2 runs): {time.monotonic() - t0:.1f}s", flush=True)
     yield Stack(host, data, boot_before, first, second)
-
-
-def _memlock() -> dict:
-    from tests.e2e.conftest import _memlock_limit
-
-    return _memlock_limit()
 
 
 # ---- 1 + 3: a converged host ---------------------------------------------------------------------------------

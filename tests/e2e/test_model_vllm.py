@@ -25,7 +25,7 @@ from gpu_llm.plan.container import SPEC_LABEL, container_spec, spec_hash
 from gpu_llm.plan.gpus import PLAN_QUERY_FIELDS, parse_query_csv
 from gpu_llm.remote.download import MANIFEST_NAME
 from gpu_llm.settings import Settings
-from tests.e2e.conftest import _memlock_limit
+from tests.e2e.conftest import base_data
 from tests.testbed.config import PROJECT
 from tests.testbed.harness import Host, Testbed
 from tests.testbed.images import build_vllm_image, start_fake_hf
@@ -65,7 +65,7 @@ class Box:
         """The Settings the deploy computes for the host (group_data/all.py < fixture's common < host data)."""
         group = {k: v for k, v in runpy.run_path(str(PROJECT / "group_data" / "all.py")).items()
                  if not k.startswith("_")}
-        common = {"hf_pip_args": self.testbed.pip_args, **_memlock_limit()}
+        common = base_data(self.testbed)
         return Settings.from_data({**group, **common, **self.data})
 
     def plans(self) -> list[InstancePlan]:

@@ -17,8 +17,8 @@ from dataclasses import dataclass, field
 
 import pytest
 
+from tests.e2e.conftest import base_data, prepared_host
 from tests.testbed.harness import Host, Testbed
-from tests.testbed.images import build_vllm_image, start_fake_hf
 from tests.testbed.pyinfra_run import DeployResult, run_deploy, write_inventory
 
 pytestmark = pytest.mark.e2e
@@ -68,18 +68,8 @@ class Secrets:
 
 @pytest.fixture(scope="module")
 def secrets(testbed: Testbed, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Secrets]:
-    from gpu_llm.plan.versions import newest_release_for
-    from tests.e2e.conftest import _memlock_limit  # the `deploy` fixture's base data, for a module-scoped runner
-
-    host = testbed.add_host("h200-x1")
-    version = newest_release_for((12, 8), 9.0).version
-    image = f"vllm/vllm-openai:v{version}"
-    build_vllm_image(host, image, version)
-    endpoint = start_fake_hf(testbed, 8090 + host.n, "--shard-mib", "1", "--require-token", TOKEN)
-    data = {host.name: {"hf_endpoint": endpoint, "vllm_image": image, "vllm_health_timeout": 120,
-                        "hf_token": TOKEN, "vllm_api_key": API_KEY}}
-    inv = write_inventory(tmp_path_factory.mktemp("secrets") / "inventory.py", [host], data,
-                          {"hf_pip_args": testbed.pip_args, **_memlock_limit()})
+    host, data = prepared_host(testbed, "h200-x1", "--require-token", TOKEN, hf_token=TOKEN, vllm_api_key=API_KEY)
+    inv = write_inventory(tmp_path_factory.mktemp("secrets") / "inventory.py", [host], data, base_data(testbed))
     s = Secrets(host)
     sampler = PsSampler(host)
     try:
