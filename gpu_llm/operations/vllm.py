@@ -151,9 +151,14 @@ def verified(settings: Any, python: str, script: str):
             model=plan.served_model_name, timeout_s=settings.vllm_health_timeout,
             smoke_test=settings.vllm_smoke_test,
             env_file=env_file if (settings.vllm_api_key or settings.vllm_api_key_file) else None,
+            container=plan.container_name,
         )
         if verdict is not None and verdict.ok:
             r = verdict.result
+            if r.get("verified_before"):
+                host.log(f"{plan.container_name} on 127.0.0.1:{plan.port} healthy; this container (not restarted "
+                         "since) passed the full check before")
+                continue
             host.log(f"{plan.container_name} on 127.0.0.1:{plan.port} verified"
                      + (f": {r['model']} answered {r['reply']!r} in {r['latency_s']}s" if "reply" in r else ""))
         else:

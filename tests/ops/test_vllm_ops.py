@@ -223,3 +223,51 @@ def test_verify_command_reads_key_from_env_file_not_argv():
 def test_verdict_without_json_reports_exit_status():
     v = parse_verdict(["Traceback ...", "gpu-llm-verify-rc=2"])
     assert not v.ok and "exited 2" in v.error
+
+
+def _stub(bin_dir, name, body):
+    path = bin_dir / name
+    path.write_text("#!/bin/sh\n" + body + "\n")
+    path.chmod(0o755)
+
+
+def test_verify_fast_path_runs_in_a_real_shell(tmp_path):
+    """A container that passed the full check and was not restarted since is only health-checked next time."""
+    import os
+    import subprocess
+
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    log = tmp_path / "calls.log"
+    _stub(bin_dir, "docker", f'echo docker >> {log}; cat {tmp_path}/container')  # "<id> <StartedAt>"
+    _stub(bin_dir, "curl", f'echo curl >> {log}; exit $(cat {tmp_path}/health_rc)')
+    _stub(bin_dir, "py", f'echo full >> {log}; cat {tmp_path}/verify_out; exit $(cat {tmp_path}/verify_rc)')
+    (tmp_path / "container").write_text("abc 2026-11-22T01:00:00Z\n")
+    (tmp_path / "health_rc").write_text("0")
+    (tmp_path / "verify_out").write_text('{"ok": true, "model": "coder", "reply": "ready", "latency_s": 0.1}\n')
+    (tmp_path / "verify_rc").write_text("0")
+    state = tmp_path / "run"
+    cmd = verify_command("py", "/v.py", "http://127.0.0.1:8000", "coder", 60, True, None, "coder",
+                         verified_dir=str(state)).get_raw_value()
+
+    def run():
+        log.write_text("")
+        out = subprocess.run(["sh", "-c", cmd], capture_output=True, text=True,
+                             env={**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}"})
+        return parse_verdict(out.stdout.splitlines()), log.read_text().split()
+
+    first, calls = run()  # nothing recorded yet: the full check, which records the container
+    assert first.ok and first.result.get("reply") == "ready" and "full" in calls
+    assert (state / "verified-coder").read_text().strip() == "abc 2026-11-22T01:00:00Z"
+    again, calls = run()  # same container, healthy: no Python
+    assert again.ok and again.result.get("verified_before") and "full" not in calls and "curl" in calls
+    (tmp_path / "container").write_text("abc 2026-11-22T02:00:00Z\n")  # restarted since: full check again
+    (tmp_path / "verify_out").write_text('{"ok": false, "error": "thinks"}\n')
+    (tmp_path / "verify_rc").write_text("1")
+    failed, calls = run()
+    assert not failed.ok and "full" in calls
+    assert (state / "verified-coder").read_text().strip() == "abc 2026-11-22T01:00:00Z"  # failure records nothing
+    (tmp_path / "container").write_text("abc 2026-11-22T01:00:00Z\n")
+    (tmp_path / "health_rc").write_text("7")  # recorded but /health down: full check (which waits)
+    _, calls = run()
+    assert "full" in calls
