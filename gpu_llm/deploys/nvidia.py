@@ -38,10 +38,17 @@ def paths(s) -> tuple[str, ...]:  # noqa: ANN001
 def nvidia() -> None:
     s = for_host(host)
     batch = managed_paths(s)  # every deploy's files: their state is read in one command
+    driver_args = {"branch": s.nvidia_driver_branch, "version": s.nvidia_driver_version,
+                   "open_modules": s.nvidia_driver_open}
+
+    def apt_driver() -> bool:  # False on a host whose non-apt driver we keep: no pin, blacklists or nouveau edits
+        return not s.nvidia_driver_install or not nvidia_ops.keeps_foreign_driver(
+            replace=s.nvidia_driver_replace, required_cuda=required_cuda(s), **driver_args)
+
     if s.nvidia_driver_blacklist_nouveau:
         nouveau = gpu_files.put(name="Blacklist the nouveau kernel module",
                                 content=(FILES / "gpu-llm-blacklist-nouveau.conf").read_bytes(), dest=NOUVEAU_CONF,
-                                mode="644", batch=batch)
+                                mode="644", batch=batch, _if=apt_driver)
         server.shell(name="Rebuild the initramfs without nouveau", commands=["update-initramfs -u"],
                      _if=nouveau.did_change)
     if not (s.nvidia_driver_install or s.cuda_toolkit_install):
@@ -52,12 +59,10 @@ def nvidia() -> None:
     if s.nvidia_driver_install:
         gpu_files.put(name=f"Pin NVIDIA driver {s.nvidia_driver_version} in apt preferences",
                       content=render(TEMPLATES / "nvidia-driver.pref.j2", version=s.nvidia_driver_version),
-                      dest=DRIVER_PIN, mode="644", batch=batch)
+                      dest=DRIVER_PIN, mode="644", batch=batch, _if=apt_driver)
         gpu_files.put(name="Keep unattended-upgrades away from NVIDIA and CUDA packages",
                       content=(FILES / "51gpu-llm-unattended-upgrades").read_bytes(), dest=UNATTENDED_CONF,
-                      mode="644", batch=batch)
-        driver_args = {"branch": s.nvidia_driver_branch, "version": s.nvidia_driver_version,
-                       "open_modules": s.nvidia_driver_open}
+                      mode="644", batch=batch, _if=apt_driver)
         nvidia_ops.driver(name=f"Install NVIDIA driver {s.nvidia_driver_version}", replace=s.nvidia_driver_replace,
                           required_cuda=required_cuda(s), **driver_args)
         nvidia_ops.reboot_for_driver(name="Reboot into the installed NVIDIA driver if needed",

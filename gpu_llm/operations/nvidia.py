@@ -104,6 +104,16 @@ def decide_driver(state: DriverState, spec: DriverSpec, replace: bool, required_
     return DriverDecision("install", f"install {want_text}")
 
 
+def keeps_foreign_driver(branch: str, version: str, open_modules: bool, replace: bool,
+                         required_cuda: str | None) -> bool:
+    """At execution time: does the host run a driver gpu-llm leaves alone (not installed by apt)?
+
+    For `_if=` of the steps that only make sense with our apt driver (pin, unattended-upgrades, nouveau)."""
+    spec = driver_spec(distro_id(memo.fact(host, LinuxDistribution)), branch, version, open_modules)
+    decision = decide_driver(memo.fact(host, NvidiaDriver), spec, replace, required_cuda)
+    return decision.kind in ("foreign", "foreign-too-old")
+
+
 def holds_missing(state: DriverState, spec: DriverSpec) -> list[str]:
     """Installed packages of our driver release that apt-mark has not held yet."""
     return sorted(n for n, p in state.packages.items() if spec.matches(p.version) and not p.held)

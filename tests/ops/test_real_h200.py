@@ -70,3 +70,22 @@ def test_pinned_older_images_also_run_on_the_real_driver(image):
     gpus = parse_query_csv((HERE / "plan-query.csv").read_text())
     [plan] = plan_instances(gpus, from_data({"vllm_image": image}))
     assert plan.image == image and "--tensor-parallel-size" in plan.vllm_args
+
+
+def test_apt_only_steps_are_skipped_where_the_non_apt_driver_is_kept():
+    """The pin, unattended-upgrades and nouveau steps run `_if=` not keeps_foreign_driver(): on the real host
+    (580 not from apt) they are skipped; on a driver-less Ubuntu host they run."""
+    from pyinfra.context import ctx_host, ctx_state
+
+    from gpu_llm.operations.nvidia import keeps_foreign_driver
+    from tests.ops.opkit import FakeHost, FakeState
+
+    args = {"branch": "570", "version": "570.172.08", "open_modules": True, "replace": False, "required_cuda": "12.4"}
+    distro = {"name": "Ubuntu", "major": 24, "minor": 4, "release_meta": {"ID": "ubuntu", "VERSION_ID": "24.04"}}
+    real = FakeHost({"NvidiaDriver": RAW["NvidiaDriver"]["stdout"], "LinuxDistribution": distro}, name="h200")
+    bare = FakeHost({"NvidiaDriver": ["##gpu-llm:smi", "missing"], "LinuxDistribution": distro}, name="bare")
+    with ctx_state.use(FakeState()):
+        with ctx_host.use(real):
+            assert keeps_foreign_driver(**args) is True
+        with ctx_host.use(bare):
+            assert keeps_foreign_driver(**args) is False
