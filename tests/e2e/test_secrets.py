@@ -93,7 +93,8 @@ def test_not_in_pyinfra_output(secrets: Secrets, flag: str) -> None:
 
 def test_not_in_ps_during_the_runs(secrets: Secrets) -> None:
     print(f"[secrets] {secrets.ps_samples} ps samples over {len(VERBOSITIES)} runs")
-    assert secrets.ps_samples >= 50  # the sampler really ran through the deploys
+    # the sampler really ran through the deploys: it sampled repeatedly and caught the step that uses the token
+    assert secrets.ps_samples >= 4 * len(VERBOSITIES)
     assert any("gpu-llm-download.py" in line for line in secrets.ps), "no sample caught the model download"
     leaks = [line for line in secrets.ps if TOKEN in line or API_KEY in line]
     assert not leaks, leaks[:5]

@@ -7,7 +7,6 @@ import json
 from pathlib import Path
 
 import pytest
-from pyinfra_cli.util import json_encode
 
 from gpu_llm.facts.gpu import parse_inventory
 from gpu_llm.facts.host import parse_preflight
@@ -33,6 +32,11 @@ def test_gpu_fact_reads_the_real_h200():
 
 def test_fact_results_serialise_for_pyinfra_fact_cli():
     # `pyinfra @local fact gpu_llm.facts.gpu.NvidiaGpus` crashed with "Cannot serialize: GpuInventory" there.
+    # pyinfra_cli.util.json_encode serialises objects through their to_json(); it is not imported here because
+    # importing pyinfra_cli monkey-patches the whole test process with gevent.
+    def json_encode(obj):
+        return obj.to_json()
+
     for value in (parse_inventory(RAW["NvidiaGpus"]["stdout"]), parse_driver_state(RAW["NvidiaDriver"]["stdout"]),
                   parse_preflight(RAW["Preflight"]["stdout"])):
         text = json.dumps(value, default=json_encode)
