@@ -22,3 +22,27 @@ def test_deploy_twice_second_run_changes_nothing(testbed: Testbed, deploy: Calla
     second = deploy([host], data)
     assert second.rc == 0, second.output[-4000:]
     assert second.changed == 0, f"second run changed: {second.changed_ops}"
+
+
+def test_interactive_runs_converge_too(testbed: Testbed, tmp_path) -> None:
+    """Without -y pyinfra first detects changes (facts read, ops planned) and asks before executing: the facts
+    gpu-llm reads once per run must not go stale between the two passes."""
+    import subprocess
+
+    from tests.e2e.conftest import base_data
+    from tests.testbed.config import PROJECT
+    from tests.testbed.pyinfra_run import PYINFRA, parse_results, write_inventory
+
+    host, data = prepared_host(testbed, "h200-x1")
+    inv = write_inventory(tmp_path / "inventory.py", [host], data, base_data(testbed))
+    results, outs = [], []
+    for _ in range(2):
+        proc = subprocess.run([str(PYINFRA), str(inv), "deploy.py"], cwd=PROJECT, input="\n",  # "Press enter to execute"
+                              capture_output=True, text=True, timeout=900)
+        out = proc.stdout + proc.stderr
+        assert proc.returncode == 0, out[-4000:]
+        results.append(parse_results(out))
+        outs.append(out)
+    (_, first_changed, _), (ops, second_changed, _) = results
+    assert first_changed > 0, outs[0][-3000:]
+    assert second_changed == 0, [name for name, counts in ops.items() if counts[0]]
