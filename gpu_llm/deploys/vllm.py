@@ -51,14 +51,14 @@ def template_path(s: Any) -> str:
 @deploy("vLLM")
 def vllm() -> None:
     s = settings.for_host(host)
-    template = TEMPLATES / s.vllm_chat_template
+    template = (TEMPLATES / s.vllm_chat_template).read_bytes()
     key = api_key(s)
-    put = gpu_files.put(name="Install the chat template", content=template.read_bytes(), dest=template_path(s),
+    put = gpu_files.put(name="Install the chat template", content=template, dest=template_path(s),
                         mode="644", batch=managed_paths(s))
     vllm_ops.instances(
         name="Run the vLLM containers",
         settings=s,
-        template_sha256=hashlib.sha256(template.read_bytes()).hexdigest(),
+        template_sha256=hashlib.sha256(template).hexdigest(),
         api_key=HiddenValue(key) if key else None,
         template_restored=lambda: put.changed,
         batch=managed_paths(s),
