@@ -8,6 +8,7 @@ import socket
 import struct
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -238,3 +239,24 @@ def test_sighup_rearms_the_cut(start) -> None:
         time.sleep(0.05)
     with pytest.raises(requests.exceptions.RequestException):
         requests.get(url, timeout=5).content  # noqa: B018
+
+
+
+def test_a_request_is_logged_before_its_response_arrives(tmp_path: Path, start) -> None:
+    """Tests read the log right after a response (e2e test_4 probes a 401, then counts the log's lines).
+
+    The log is a FIFO nobody reads yet, so the server blocks in its log write: no answer may arrive until
+    the line is read."""
+    os.mkfifo(tmp_path / "requests.jsonl")
+    server = start("--require-token", "hf_secret")
+    answers: list[int] = []
+    probe = threading.Thread(
+        target=lambda: answers.append(requests.get(f"{server.url}/api/models/{REPO}", timeout=30).status_code))
+    probe.start()
+    time.sleep(1.5)
+    answered_early = list(answers)
+    with open(tmp_path / "requests.jsonl", encoding="utf-8") as fifo:
+        entry = json.loads(fifo.readline())
+    probe.join(timeout=30)
+    assert answered_early == [], "the response arrived before the request was logged"
+    assert answers == [401] and entry["status"] == 401 and entry["auth"] is False

@@ -241,6 +241,9 @@ class Handler(BaseHTTPRequestHandler):
 
     protocol_version = "HTTP/1.1"
     server_version = "fake-hf"
+    # buffered: an answer leaves after _dispatch has logged it (handle_one_request flushes), so a client that
+    # has its answer finds the request in the log; a cut body is flushed by hand before the link drops
+    wbufsize = 64 * 1024
     hub: Hub  # set on the subclass made by serve()
 
     def log_message(self, format: str, *args: object) -> None:  # noqa: A002 -- BaseHTTPRequestHandler's name
