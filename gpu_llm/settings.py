@@ -224,6 +224,7 @@ SCHEMA: dict[str, Callable[[Any], Any]] = {
     "hf_endpoint": _url,
     "hf_token": _str(r"\S+", "a token string", allow_none=True),
     "hf_max_workers": _int(1, 64),
+    "hf_transfer": _choice("resumable", "xet"),
     "hf_download_timeout": _int(60),
     "vllm_image": _image,
     "vllm_version": _str(r"\d+\.\d+\.\d+", 'a vLLM release like "0.10.1"', allow_none=True),

@@ -46,6 +46,7 @@ def download_of(s) -> model_ops.Download:  # noqa: ANN001
         max_workers=s.hf_max_workers,
         timeout_s=s.hf_download_timeout,
         user=s.model_owner,
+        transfer=s.hf_transfer,
     )
 
 

@@ -1,9 +1,17 @@
 """Fetch a Hugging Face model snapshot into a directory, verify every file, then write a manifest.
 
 Standalone on purpose: the deploy copies this file to GPU hosts and runs it with the hf venv's python,
-so it imports only the standard library (and huggingface_hub, inside `fetch`).
+so it imports only the standard library (and huggingface_hub and requests, inside `fetch`).
+
+Transfers (--transfer): "xet" leaves every file to snapshot_download (hf_xet on Xet-backed repos, the fastest
+backend huggingface-hub offers), but huggingface-hub >= 2.x restarts an unfinished file from byte 0 in a new
+process (per-process temp files, huggingface_hub#4228), so a reboot or timeout mid-shard loses that shard's bytes.
+"resumable" (default) fetches small files with snapshot_download and every LFS file itself with HTTP Range
+requests into <dir>/.cache/huggingface/gpu-llm-partial/<sha256>.part, which the next run continues from its size.
+Own code for that because no maintained library resumes a partial file across processes against the Hub.
 
     download.py fetch --repo Qwen/Qwen3-32B-AWQ --revision main --dir /models/qwen [--token-file F]
+                      [--transfer resumable|xet]
     download.py wait --unit gpu-llm-model-download.service --dir /models/qwen --repo ... --revision main
 
 The manifest (<dir>/.gpu-llm-manifest.json) is written only after every file matched the hub's metadata
@@ -15,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import fcntl
+import glob
 import hashlib
 import json
 import os
@@ -31,6 +40,10 @@ MANIFEST_NAME = ".gpu-llm-manifest.json"
 HF_STATE_DIR = Path(".cache") / "huggingface"
 COMMIT_RE = re.compile(r"[0-9a-f]{40}")
 LOG_TAIL_LINES = 40
+PARTIAL_DIR = HF_STATE_DIR / "gpu-llm-partial"  # resumable transfers: <sha256>.part per unfinished LFS file
+TRANSFERS = ("resumable", "xet")
+MAX_STALLS = 5  # GETs in a row that add no byte before a file is given up (the run fails; the next one resumes)
+RESUME_CHUNK = 1 << 20  # read size of resumable GETs: a dropped link loses the read it interrupts (< 1 MiB)
 _CHUNK = 8 * 1024 * 1024
 
 FileMeta = dict[str, Any]  # {"size": int, "sha256": str | None, "blob_id": str | None}
@@ -189,7 +202,7 @@ def _read_token(token_file: str | None) -> str | None:
 
 
 def fetch(repo: str, revision: str, model_dir: Path, *, endpoint: str | None, token: str | None,
-          max_workers: int) -> dict[str, Any]:
+          max_workers: int, transfer: str = "resumable") -> dict[str, Any]:
     """Resolve `revision`, download the snapshot, verify it and write the manifest; returns the manifest."""
     from huggingface_hub import HfApi, snapshot_download
 
@@ -211,8 +224,18 @@ def fetch(repo: str, revision: str, model_dir: Path, *, endpoint: str | None, to
     bad: dict[str, str] = {}
     for attempt in (1, 2):
         try:
-            snapshot_download(repo, revision=commit, local_dir=model_dir, max_workers=max_workers,
-                              token=token, endpoint=endpoint)
+            if transfer == "xet":
+                snapshot_download(repo, revision=commit, local_dir=model_dir, max_workers=max_workers,
+                                  token=token, endpoint=endpoint)
+            else:
+                small = sorted(name for name, meta in files.items() if not meta.get("sha256"))
+                snapshot_download(repo, revision=commit, local_dir=model_dir, max_workers=max_workers,
+                                  token=token, endpoint=endpoint, allow_patterns=[glob.escape(n) for n in small])
+                large = {name: meta for name, meta in files.items() if meta.get("sha256")}
+                fetch_resumable(repo, commit, model_dir, large, endpoint=endpoint, token=token,
+                                max_workers=max_workers)
+        except DownloadError:
+            raise
         except Exception as exc:  # transfer/HTTP/disk errors: one line, not a chained traceback of hundreds
             # of lines that pushes huggingface_hub's warnings (they name the file and URL) out of the log tail
             raise DownloadError(f"fetching {repo}@{commit} failed: {type(exc).__name__}: {exc} "
@@ -226,7 +249,7 @@ def fetch(repo: str, revision: str, model_dir: Path, *, endpoint: str | None, to
     if bad:
         raise DownloadError("files still wrong after a re-fetch: " + "; ".join(bad.values()))
 
-    for leftover in incomplete_leftovers(model_dir):  # every file verified: partials are stale, not in use
+    for leftover in incomplete_leftovers(model_dir) + stale_parts(model_dir):  # every file verified: not in use
         log(f"removing stale partial download {leftover.relative_to(model_dir)}")
         leftover.unlink()
     others = _untracked(model_dir, files)
@@ -236,6 +259,112 @@ def fetch(repo: str, revision: str, model_dir: Path, *, endpoint: str | None, to
     write_manifest(model_dir, manifest)
     log(f"complete: {repo} at {commit} in {model_dir}")
     return manifest
+
+
+def stale_parts(model_dir: Path) -> list[Path]:
+    """Partial files of resumable transfers (after a verified snapshot none of them is needed)."""
+    state = model_dir / PARTIAL_DIR
+    return sorted(state.glob("*.part")) if state.is_dir() else []
+
+
+def _session(token: str | None, max_workers: int) -> Any:
+    """requests session with the Hub's headers; urllib3 Retry re-tries refused connects and 429/5xx answers."""
+    import requests
+    from huggingface_hub.utils import build_hf_headers
+    from requests.adapters import HTTPAdapter
+    from urllib3.util.retry import Retry
+
+    retry = Retry(total=5, read=0, backoff_factor=1, status_forcelist=(429, 500, 502, 503, 504),
+                  allowed_methods=frozenset({"GET"}), raise_on_status=False)
+    session = requests.Session()
+    adapter = HTTPAdapter(max_retries=retry, pool_maxsize=max(max_workers, 1))
+    session.mount("https://", adapter)
+    session.mount("http://", adapter)
+    session.headers.update(build_hf_headers(token=token))  # requests drops Authorization on a CDN redirect
+    return session
+
+
+def _get_from(session: Any, url: str, part: Path, have: int) -> None:
+    """One GET of `url` appended to `part` from byte `have` (from 0 if the server ignores the Range)."""
+    headers = {"Range": f"bytes={have}-"} if have else {}
+    with session.get(url, headers=headers, stream=True, timeout=(10, 60)) as response:
+        response.raise_for_status()
+        content_range = response.headers.get("Content-Range", "")
+        if have and not (response.status_code == 206 and content_range.startswith(f"bytes {have}-")):
+            log(f"{part.name}: the server ignored Range bytes={have}- ({response.status_code}); starting over")
+            have = 0
+        with part.open("ab" if have else "wb") as out:
+            for chunk in response.iter_content(RESUME_CHUNK):
+                out.write(chunk)
+
+
+def resume_file(session: Any, url: str, name: str, size: int, dest: Path, part: Path) -> None:
+    """Complete `dest` from `url`, continuing `part` from its size; gives up after MAX_STALLS GETs in a row
+    that add nothing (the part stays for the next run)."""
+    import requests
+
+    stalls = 0
+    while True:
+        have = part.stat().st_size if part.exists() else 0
+        if have > size:
+            log(f"{name}: partial file {part} is larger than {size} bytes; starting over")
+            part.unlink()
+            have = 0
+        if have == size:
+            break
+        log(f"{name}: {'resuming at byte ' + str(have) if have else 'fetching'} of {size}")
+        try:
+            _get_from(session, url, part, have)
+            error: Exception | None = None
+        except requests.HTTPError as exc:
+            raise DownloadError(f"{name}: {exc}") from None
+        except (requests.ConnectionError, requests.Timeout, requests.exceptions.ChunkedEncodingError) as exc:
+            error = exc
+        now = part.stat().st_size if part.exists() else 0
+        stalls = 0 if now > have else stalls + 1
+        if now < size and stalls >= MAX_STALLS:
+            raise DownloadError(f"{name}: {MAX_STALLS} attempts in a row got no data (last: "
+                                f"{type(error).__name__ if error else 'short body'}); {now} of {size} bytes kept "
+                                f"in {part}, a re-run resumes there")
+        if now < size:
+            log(f"{name}: connection lost at byte {now} of {size} "
+                f"({type(error).__name__ if error else 'short body'}); resuming")
+            time.sleep(stalls)
+    os.replace(part, dest)
+    log(f"{name}: complete ({size} bytes)")
+
+
+def fetch_resumable(repo: str, commit: str, model_dir: Path, files: Mapping[str, FileMeta], *,
+                    endpoint: str | None, token: str | None, max_workers: int) -> None:
+    """Fetch every file of `files` whose size on disk is wrong, max_workers at a time, each resumable."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from huggingface_hub import hf_hub_url
+
+    todo = {name: meta for name, meta in files.items()
+            if not (model_dir / name).is_file() or (model_dir / name).stat().st_size != meta["size"]}
+    if not todo:
+        return
+    (model_dir / PARTIAL_DIR).mkdir(parents=True, exist_ok=True)
+    session = _session(token, max_workers)
+    errors: list[str] = []
+
+    def one(name: str) -> None:
+        meta = todo[name]
+        dest = model_dir / name
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        url = hf_hub_url(repo, name, revision=commit, endpoint=endpoint)
+        try:
+            resume_file(session, url, name, meta["size"], dest, model_dir / PARTIAL_DIR / f"{meta['sha256']}.part")
+        except DownloadError as exc:
+            errors.append(str(exc))
+        except OSError as exc:  # disk full, permissions: name the file, keep the other transfers going
+            errors.append(f"{name}: {exc}")
+
+    with ThreadPoolExecutor(max_workers=min(max_workers, len(todo))) as pool:
+        list(pool.map(one, sorted(todo)))
+    if errors:
+        raise DownloadError(f"fetching {repo}@{commit} failed: " + "; ".join(sorted(errors)))
 
 
 def _untracked(model_dir: Path, files: Mapping[str, FileMeta]) -> list[str]:
@@ -308,6 +437,8 @@ def _parser() -> argparse.ArgumentParser:
     fetch_p.add_argument("--endpoint", help="Hugging Face endpoint (else $HF_ENDPOINT or huggingface.co)")
     fetch_p.add_argument("--token-file", help="file holding the token (never pass a token on the command line)")
     fetch_p.add_argument("--max-workers", type=int, default=8)
+    fetch_p.add_argument("--transfer", choices=TRANSFERS, default="resumable",
+                         help="resumable: Range requests that continue across runs; xet: huggingface-hub's own")
     wait_p = sub.choices["wait"]
     wait_p.add_argument("--unit", required=True)
     wait_p.add_argument("--log-file")
@@ -322,7 +453,7 @@ def main(argv: list[str] | None = None) -> int:
             args.dir.mkdir(parents=True, exist_ok=True)
             with _lock(args.dir):
                 fetch(args.repo, args.revision, args.dir, endpoint=args.endpoint,
-                      token=_read_token(args.token_file), max_workers=args.max_workers)
+                      token=_read_token(args.token_file), max_workers=args.max_workers, transfer=args.transfer)
         else:
             manifest = wait(args.unit, args.dir, args.repo, args.revision, log_file=args.log_file,
                             timeout_s=args.timeout)

@@ -23,7 +23,7 @@ from gpu_llm.operations.vllm import env_file_path
 from gpu_llm.plan import InstancePlan, plan_instances
 from gpu_llm.plan.container import SPEC_LABEL, container_spec, spec_hash
 from gpu_llm.plan.gpus import PLAN_QUERY_FIELDS, parse_query_csv
-from gpu_llm.remote.download import MANIFEST_NAME
+from gpu_llm.remote.download import MANIFEST_NAME, MAX_STALLS, RESUME_CHUNK
 from gpu_llm.settings import Settings
 from tests.e2e.conftest import base_data
 from tests.testbed.config import PROJECT
@@ -183,18 +183,22 @@ def test_3_max_num_seqs_recreates_with_the_new_flag(box: Box, deploy: Callable[.
 
 def test_4_cut_download_fails_clearly_then_resumes_with_token(box: Box, testbed: Testbed,
                                                               deploy: Callable[..., DeployResult]) -> None:
-    """A cut download fails the run naming it with the log tail; the re-run completes (also: hf_token works)."""
+    """A cut download fails the run naming it with the log tail; the re-run resumes the shard where the cut run
+    left it and completes (also: hf_token works)."""
     box.need("max_num_seqs")
     hub_log = testbed.cfg.state / f"fake-hf-{8290 + box.host.n}.requests.jsonl"
     hub_log.unlink(missing_ok=True)
-    endpoint = start_fake_hf(testbed, 8290 + box.host.n, "--shard-mib", "1", "--require-token", HF_TOKEN,
+    endpoint = start_fake_hf(testbed, 8290 + box.host.n, "--shard-mib", "3", "--require-token", HF_TOKEN,
                              "--log", str(hub_log))
     assert requests.get(f"{endpoint}/api/models/{REPO}", timeout=5).status_code == 401
     probe_lines = len(hub_log.read_text().splitlines())
-    # huggingface-hub 2.4 gives up on a file after 6 GETs in a row that kept nothing (cut before 10 MiB)
-    armed = requests.post(f"{endpoint}/_fake/arm", json={"file": CUT_SHARD, "after": 512 * 1024, "times": 6},
+    # the link dies at byte 2,500,000 of the shard: the first GET keeps its whole 1 MiB reads, the resumed GETs
+    # get nothing, and after MAX_STALLS of those the download gives up (hf_transfer "resumable", the default)
+    cut, cuts = 2_500_000, 1 + MAX_STALLS
+    kept = cut // RESUME_CHUNK * RESUME_CHUNK
+    armed = requests.post(f"{endpoint}/_fake/arm", json={"file": CUT_SHARD, "after": cut, "times": cuts},
                           timeout=5).json()
-    assert armed["remaining"] == 6
+    assert armed["remaining"] == cuts
     box.data.update(hf_endpoint=endpoint, hf_token=HF_TOKEN)
     box.host.ssh(f"rm {MODEL_DIR}/{MANIFEST_NAME} {MODEL_DIR}/{CUT_SHARD}", check=True)
 
@@ -204,11 +208,15 @@ def test_4_cut_download_fails_clearly_then_resumes_with_token(box: Box, testbed:
     assert "--- last lines of the download log ---" in failed.output
     assert CUT_SHARD in failed.output.split("--- last lines of the download log ---", 1)[1]
     requests_seen = [json.loads(line) for line in hub_log.read_text().splitlines()[probe_lines:]]
-    assert sum(bool(r.get("cut")) for r in requests_seen) == 6
+    assert sum(bool(r.get("cut")) for r in requests_seen) == cuts
     assert all(r["auth"] for r in requests_seen), "a request to the hub went without the token"
+    failed_lines = len(hub_log.read_text().splitlines())
 
     resumed = box.run(deploy)
     assert resumed.rc == 0 and resumed.errors == 0, _ok(resumed)
+    shard_gets = [r for r in map(json.loads, hub_log.read_text().splitlines()[failed_lines:])
+                  if r["method"] == "GET" and r["path"].endswith(CUT_SHARD)]
+    assert [(r["range"], r["status"]) for r in shard_gets] == [(f"bytes={kept}-", 206)], shard_gets
     manifest = json.loads(box.host.ssh(f"cat {MODEL_DIR}/{MANIFEST_NAME}", check=True).stdout)
     info = requests.get(f"{endpoint}/api/models/{REPO}?blobs=true", timeout=5,
                         headers={"Authorization": f"Bearer {HF_TOKEN}"}).json()

@@ -132,3 +132,20 @@ def test_secret_file_in_place_is_a_noop_and_wrong_mode_is_fixed_without_upload(f
 def test_secret_file_without_content_is_removed(fake):
     fake({FileStates: {TOKEN_FILE: FileState("file", 600, "root", "root", "0" * 64)}})
     assert raw(ops.secret_file._inner(TOKEN_FILE, None)) == [f"rm -f {TOKEN_FILE}"]
+
+
+@pytest.mark.parametrize("transfer", ["resumable", "xet"])
+def test_download_unit_passes_hf_transfer(fake, transfer):
+    fake({ModelSnapshot: snapshot(manifest=False, sizes={})})
+    [cmd] = raw(ops.download_started._inner(download(transfer=transfer)))
+    assert f" --transfer {transfer}" in cmd
+
+
+def test_deploy_hands_hf_transfer_to_the_download():
+    from gpu_llm import settings
+    from gpu_llm.deploys.model import download_of
+
+    assert download_of(settings.from_data({})).transfer == "resumable"
+    assert download_of(settings.from_data({"hf_transfer": "xet"})).transfer == "xet"
+    with pytest.raises(settings.SettingsError, match="hf_transfer"):
+        settings.from_data({"hf_transfer": "aria2"})
