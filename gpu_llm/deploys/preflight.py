@@ -54,3 +54,5 @@ def preflight() -> None:
                                 branch=s.nvidia_driver_branch, version=s.nvidia_driver_version,
                                 open_modules=s.nvidia_driver_open, replace=s.nvidia_driver_replace,
                                 required_cuda=required_cuda(s))
+    # the one repair preflight makes, after every check passed: apt cannot install anything until it is done
+    preflight_ops.dpkg_finished(name="Finish an interrupted dpkg run", path=s.model_dir)

@@ -26,6 +26,8 @@ class HostPreflight(JsonFact):
     mount: str = ""
     free_kib: int = 0
     pci_gpus: list[PciGpu] = field(default_factory=list)
+    # dpkg's update journal is not empty: a dpkg run was cut off (apt refuses to install until it is finished)
+    dpkg_interrupted: bool = False
 
 
 def parse_os_release(lines: list[str]) -> dict[str, str]:
@@ -55,6 +57,7 @@ def parse_preflight(lines: list[str]) -> HostPreflight:
         free_kib=int(df[3]) if len(df) >= 6 and df[3].isdigit() else 0,
         mount=df[5] if len(df) >= 6 else "",
         pci_gpus=parse_pci(s.get("pci", [])),
+        dpkg_interrupted=any(line.strip().isdigit() for line in s.get("dpkg", [])),
     )
 
 
@@ -81,6 +84,8 @@ class Preflight(FactBase[HostPreflight]):
             marker("path"), 'echo "$p"',
             marker("df"), 'df -Pk "$p" | tail -n 1',
             marker("pci"), PCI_COMMAND,
+            # apt's "dpkg was interrupted" test: a numbered file in dpkg's update journal
+            marker("dpkg"), "ls /var/lib/dpkg/updates 2>/dev/null",
             "true",
         ])
 

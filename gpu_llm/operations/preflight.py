@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from pyinfra import host
-from pyinfra.api import operation
+from pyinfra.api import StringCommand, operation
 
+from gpu_llm.facts import memo
 from gpu_llm.facts.host import HostPreflight, Preflight
-from gpu_llm.operations import refuse
+from gpu_llm.operations import packages, refuse
 
 SUPPORTED_ARCH = "x86_64"
 KIB_PER_GIB = 1024 * 1024
@@ -61,9 +62,31 @@ def check(path: str, supported_os: list[str], required_gib: float, require_gpu: 
         preflight.check(name="Check the host can run gpu-llm", path="/srv/model",
                         supported_os=["ubuntu-24.04"], required_gib=44)
     """
-    info = host.get_fact(Preflight, path=path)
+    info = memo.fact(host, Preflight, path=path)
     found = problems(info, supported_os, required_gib, require_gpu, gpus_needed)
     if found:
         yield refuse("preflight failed: " + "; ".join(found))
     else:
         host.noop("preflight passed: " + summary(info, required_gib))
+
+
+@operation()
+def dpkg_finished(path: str):
+    """
+    Finish a dpkg run that was cut off (a dropped SSH session or a reboot mid-install) with
+    ``dpkg --configure -a``, keeping the host's own config files; apt refuses every install until then.
+
+    + path: the path preflight.check was given (its fact holds dpkg's state too)
+
+    **Example:**
+
+    .. code:: python
+
+        preflight.dpkg_finished(name="Finish an interrupted dpkg run", path="/srv/model")
+    """
+    if not memo.fact(host, Preflight, path=path).dpkg_interrupted:
+        host.noop("no interrupted dpkg run to finish")
+        return
+    packages.forget_apt_state()
+    yield StringCommand("DEBIAN_FRONTEND=noninteractive", "dpkg", "--configure", "-a",
+                        "--force-confdef", "--force-confold")

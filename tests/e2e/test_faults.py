@@ -3,7 +3,7 @@
 One fresh host for the module, and the tests run in file order on it (each starts from the state the previous
 one left): preflight refuses a too-small model_dir before any change; with Docker's repo broken the run fails
 naming the URL and leaves nothing half-installed or half-held; the SSH sessions are killed while Docker
-installs, and the re-run completes; the host reboots while a run waits for the (re)started container's
+installs, and the re-run completes; a dpkg run left interrupted is finished by the next deploy; the host reboots while a run waits for the (re)started container's
 /health, and the re-run completes; the run after that changes nothing.
 """
 
@@ -134,6 +134,20 @@ def test_ssh_dropped_mid_run_then_rerun_completes(faulty: Faulty) -> None:
     assert cut.rc != 0, "the run survived its SSH sessions being killed: the fault did not hit\n" + cut.output[-3000:]
     rerun = run_deploy(faulty.inventory({}), "deploy.py")
     assert rerun.rc == 0 and rerun.errors == 0, rerun.output[-4000:]
+    dpkg_clean(host)
+
+
+def test_interrupted_dpkg_run_is_finished_before_apt_is_used(faulty: Faulty) -> None:
+    host = faulty.host
+    # what a dpkg killed mid-install leaves (a numbered file in its update journal), with a package to reinstall
+    host.ssh("apt-get remove -y cuda-toolkit-12-8 && touch /var/lib/dpkg/updates/0000", check=True)
+    refused = host.ssh("apt-get install -y cuda-toolkit-12-8")
+    assert refused.returncode != 0 and "dpkg was interrupted" in refused.stdout + refused.stderr, refused
+    res = run_deploy(faulty.inventory({}), "deploy.py")
+    assert res.rc == 0 and res.errors == 0, res.output[-4000:]
+    assert {"Preflight | Finish an interrupted dpkg run", "NVIDIA driver and CUDA | Install CUDA toolkit 12.8"} <= \
+        set(res.changed_ops), res.changed_ops
+    assert host.ssh("ls -A /var/lib/dpkg/updates", check=True).stdout.strip() == ""
     dpkg_clean(host)
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from opkit import fixture_lines
 
 from gpu_llm.facts import MARK
@@ -122,6 +124,14 @@ def test_preflight_fact_real_os_release_and_pci():
     assert (info.os_id, info.codename, info.arch, info.uid) == ("ubuntu-24.04", "noble", "x86_64", 0)
     assert info.free_kib == 67108864 and info.mount == "/" and info.checked_path == "/home"
     assert len(info.pci_gpus) == 1
+    assert info.dpkg_interrupted is False  # no dpkg section: nothing in the update journal
+
+
+@pytest.mark.parametrize(("journal", "interrupted"), [([], False), (["0000"], True), (["0003", "tmp.i"], True),
+                                                      (["tmp.i"], False)])
+def test_preflight_fact_sees_an_interrupted_dpkg_run(journal, interrupted):
+    out = section("os", fixture_lines("os-release.txt")) + section("dpkg", journal)
+    assert Preflight().process(out).dpkg_interrupted is interrupted
 
 
 def test_daemon_json_fact():

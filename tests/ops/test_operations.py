@@ -69,6 +69,14 @@ def test_preflight_refusal_is_announced_while_planning():
     assert any(m.startswith("will refuse: preflight failed") for m in r.logs)
 
 
+def test_interrupted_dpkg_run_is_finished_keeping_config_files():
+    info = HostPreflight(**{**GOOD.__dict__, "dpkg_interrupted": True})
+    r = run(preflight.dpkg_finished, {"Preflight": info}, path="/home/llm/model")
+    assert r.commands == ["DEBIAN_FRONTEND=noninteractive dpkg --configure -a --force-confdef --force-confold"]
+    clean = run(preflight.dpkg_finished, {"Preflight": GOOD}, path="/home/llm/model")
+    assert clean.commands == [] and clean.noops == ["no interrupted dpkg run to finish"]
+
+
 # ---- driver ------------------------------------------------------------------------------------------------
 
 def test_driver_spec_names_and_versions():
