@@ -75,7 +75,7 @@ class Host:
 
     def ssh_args(self) -> list[str]:
         return ["ssh", "-i", str(self.key), "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null",
-                "-o", "LogLevel=ERROR", "-o", "BatchMode=yes", "-o", "ConnectTimeout=5", f"root@{self.ip}"]
+                "-o", "LogLevel=ERROR", "-o", "BatchMode=yes", "-o", "ConnectTimeout=20", f"root@{self.ip}"]
 
     def ssh(self, cmd: str, *, check: bool = False, timeout: float = 300,
             input: str | None = None) -> subprocess.CompletedProcess[str]:
@@ -186,6 +186,7 @@ class Testbed:
         host = Host(self.cfg, max((h.n for h in self.hosts), default=0) + 1, fixture)
         self._boot(host, docker_base(self.cfg))
         host.wait_ssh()
+        host.ssh("systemctl is-system-running --wait", timeout=120)  # as up() does: booted, not only sshd
         return host
 
     def _save(self) -> None:
@@ -370,7 +371,7 @@ def _our_cgroups(prefix: str) -> list[Path]:
 
 def _kill_cgroup(d: Path) -> None:
     """SIGKILL whatever still runs in one of our cgroups (a guest that did not power off)."""
-    for _ in range(50):
+    for _ in range(300):  # 30 s: a process in uninterruptible I/O dies only when that I/O ends
         pids = [int(p) for f in d.rglob("cgroup.procs") for p in f.read_text().split()]
         if not pids:
             return

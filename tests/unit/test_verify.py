@@ -317,9 +317,9 @@ def fake_vllm(tmp_path: Path) -> Iterator[Any]:
             while True:
                 assert proc.poll() is None, f"fake_vllm exited: {proc.stderr.read().decode() if proc.stderr else ''}"
                 try:
-                    if requests.get(f"{url}/health", timeout=1).status_code == 200:
+                    if requests.get(f"{url}/health", timeout=5).status_code == 200:
                         break
-                except requests.exceptions.ConnectionError:
+                except requests.RequestException:
                     assert time.monotonic() < deadline, "fake_vllm did not open its port within 30s"
                 time.sleep(0.05)
         return url

@@ -242,7 +242,7 @@ class Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     server_version = "fake-hf"
     # buffered: an answer leaves after _dispatch has logged it (handle_one_request flushes), so a client that
-    # has its answer finds the request in the log; a cut body is flushed by hand before the link drops
+    # has its answer finds the request in the log; a cut body is flushed, logged, then the link drops
     wbufsize = 64 * 1024
     hub: Hub  # set on the subclass made by serve()
 
@@ -300,6 +300,9 @@ class Handler(BaseHTTPRequestHandler):
             entry.update(status=0, error="client went away")
         finally:
             self.hub.log(entry)
+            if getattr(self, "cut_link", False):
+                self.cut_link = False
+                self.connection.shutdown(socket.SHUT_RDWR)  # the body stays short of Content-Length: a dropped link
 
     def _check_token(self) -> None:
         if self.hub.token is None:
@@ -367,7 +370,7 @@ class Handler(BaseHTTPRequestHandler):
         if cut_at is not None:
             self.wfile.flush()
             self.close_connection = True
-            self.connection.shutdown(socket.SHUT_RDWR)  # the body stays short of Content-Length: a dropped link
+            self.cut_link = True  # _dispatch drops the link after logging the request
         return {"status": self.response_status, "bytes": sent, "cut": cut_at is not None}
 
     def send_response(self, code: int, message: str | None = None) -> None:
