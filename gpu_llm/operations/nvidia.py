@@ -6,7 +6,6 @@ from dataclasses import dataclass
 
 from pyinfra import host
 from pyinfra.api import StringCommand, operation
-from pyinfra.facts.apt import noninteractive_apt
 from pyinfra.facts.deb import DebPackages
 from pyinfra.facts.server import LinuxDistribution
 from pyinfra.operations import apt, server
@@ -120,7 +119,7 @@ def holds_missing(state: DriverState, spec: DriverSpec) -> list[str]:
 
 
 def _install_command(state: DriverState, spec: DriverSpec, replacing: bool) -> StringCommand:
-    parts = [noninteractive_apt("install"), "--no-install-recommends"]
+    parts = [packages.apt_get("install"), "--no-install-recommends"]
     if replacing:
         parts += ["--allow-downgrades", "--allow-change-held-packages"]
     if state.headers == "available":
@@ -223,7 +222,7 @@ def driver(branch: str, version: str, open_modules: bool = True, replace: bool =
         held = [n for n in decision.remove if state.packages[n].held]
         if held:
             yield StringCommand("apt-mark", "unhold", *held)
-        yield StringCommand(noninteractive_apt("purge"), "--allow-change-held-packages", *decision.remove)
+        yield StringCommand(packages.apt_get("purge"), "--allow-change-held-packages", *decision.remove)
     if decision.kind in ("install", "replace"):
         if state.headers == "missing":
             warn(host, f"linux-headers-{state.kernel} is not in apt: DKMS cannot build the driver for the running "

@@ -14,6 +14,15 @@ from pyinfra.operations.util.packaging import ensure_packages
 
 from gpu_llm.facts import memo
 
+# Seconds apt waits for dpkg's lock (unattended-upgrades on a fresh cloud host, an apt cut off by a dropped session)
+# before failing; apt's own default is to fail at once.
+APT_LOCK_TIMEOUT_S = 600
+
+
+def apt_get(command: str) -> str:
+    """pyinfra's noninteractive apt-get `command` (confdef/confold), waiting for dpkg's lock instead of failing."""
+    return noninteractive_apt(command).replace("apt-get -y", f"apt-get -y -o DPkg::Lock::Timeout={APT_LOCK_TIMEOUT_S}", 1)
+
 
 @operation()
 def packages(packages: list[str]):
@@ -29,9 +38,9 @@ def packages(packages: list[str]):
         packages.packages(name="Install python3-venv", packages=["python3-venv"])
     """
     commands = list(ensure_packages(host, packages, memo.fact(host, DebPackages), True,
-                                    install_command=noninteractive_apt("install"),
-                                    uninstall_command=noninteractive_apt("remove"),
-                                    upgrade_command=noninteractive_apt("install"), version_join="="))
+                                    install_command=apt_get("install"),
+                                    uninstall_command=apt_get("remove"),
+                                    upgrade_command=apt_get("install"), version_join="="))
     if commands:
         forget_apt_state()
     yield from commands

@@ -91,7 +91,7 @@ def test_driver_fresh_host_installs_pinned_version_then_holds():
     after = DriverState(packages=ours(held=False), kernel="6.8.0-60-generic", headers="installed")
     r = run(nvidia.driver, {"LinuxDistribution": NOBLE, "NvidiaDriver": Reads([before, after])}, **DRIVER)
     assert r.commands == [
-        "DEBIAN_FRONTEND=noninteractive apt-get -y -o Dpkg::Options::=\"--force-confdef\" -o "
+        "DEBIAN_FRONTEND=noninteractive apt-get -y -o DPkg::Lock::Timeout=600 -o Dpkg::Options::=\"--force-confdef\" -o "
         "Dpkg::Options::=\"--force-confold\" install --no-install-recommends linux-headers-6.8.0-60-generic "
         f"nvidia-driver-570-open={PV}",
         "apt-mark hold libnvidia-compute-570 nvidia-dkms-570-open nvidia-driver-570-open",
