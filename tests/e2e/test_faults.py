@@ -4,11 +4,13 @@ One fresh host for the module, and the tests run in file order on it (each start
 one left): preflight refuses a too-small model_dir before any change; with Docker's repo broken the run fails
 naming the URL and leaves nothing half-installed or half-held; the SSH sessions are killed while Docker
 installs, and the re-run completes; a dpkg run left interrupted is finished by the next deploy; the host reboots while a run waits for the (re)started container's
-/health, and the re-run completes; the run after that changes nothing.
+/health, and the re-run completes; the run after that changes nothing; the host reboots while the model
+download runs over a slow link, and the re-run continues every shard from its partial file.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -19,10 +21,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+import requests
 
+from gpu_llm.remote.download import PARTIAL_DIR, RESUME_CHUNK
 from tests.e2e.conftest import base_data, prepared_host
 from tests.testbed.config import PROJECT
 from tests.testbed.harness import Host, Testbed
+from tests.testbed.images import start_fake_hf
 from tests.testbed.pyinfra_run import (
     PYINFRA,
     DeployResult,
@@ -165,3 +170,54 @@ def test_reboot_mid_deploy_then_rerun_completes(faulty: Faulty) -> None:
     dpkg_clean(host)
     after = run_deploy(slow, "deploy.py")
     assert after.rc == 0 and after.changed == 0, after.changed_ops or after.output[-4000:]
+
+
+def test_reboot_mid_download_then_rerun_resumes_every_shard(faulty: Faulty, testbed: Testbed) -> None:
+    """The host reboots while the model download unit is fetching shards over a slow link; the re-run continues
+    every shard from the bytes its .part file kept (hf_transfer "resumable", the default)."""
+    host = faulty.host
+    port = 8390 + host.n
+    hub_log = testbed.cfg.state / f"fake-hf-{port}.requests.jsonl"
+    hub_log.unlink(missing_ok=True)
+    # 4 shards of 3 MiB at 192 KiB/s each: about 16 s of transfer, started right after preflight
+    endpoint = start_fake_hf(testbed, port, "--shard-mib", "3", "--rate-kib", "192", "--log", str(hub_log))
+    inventory = faulty.inventory({"hf_endpoint": endpoint})
+    parts = f"{MODEL_DIR}/{PARTIAL_DIR}"
+
+    def reboot_once_parts_grow() -> None:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:  # every shard has kept at least one whole read
+            sizes = host.ssh(f"stat -c %s {parts}/*.part 2>/dev/null").stdout.split()
+            if len(sizes) >= 4 and all(int(s) >= RESUME_CHUNK for s in sizes):
+                break
+            time.sleep(0.2)
+        host.reboot()
+
+    before = host.boot_mark()
+    cut, fired = run_with_fault(inventory, "Start downloading the model", reboot_once_parts_grow, delay=0)
+    assert fired and host.boot_mark() != before, cut.output[-3000:]
+    assert cut.rc != 0, "the run finished before the reboot: the fault did not hit\n" + cut.output[-3000:]
+    kept = {}
+    for line in host.ssh(f"cd {parts} && stat -c '%n %s' *.part", check=True).stdout.splitlines():
+        name, size = line.split()
+        kept[name.removesuffix(".part")] = int(size)
+    assert len(kept) >= 4 and all(size >= RESUME_CHUNK for size in kept.values()), kept
+    logged = len(hub_log.read_text().splitlines())
+
+    rerun = run_deploy(inventory, "deploy.py")
+    assert rerun.rc == 0 and rerun.errors == 0, rerun.output[-4000:]
+    info = requests.get(f"{endpoint}/api/models/Qwen/Qwen3-32B-AWQ?blobs=true", timeout=10).json()
+    name_of = {s["lfs"]["sha256"]: s["rfilename"] for s in info["siblings"] if s.get("lfs")}
+    resumed = [json.loads(line) for line in hub_log.read_text().splitlines()[logged:]]
+    first_get = {}
+    for r in resumed:
+        if r["method"] == "GET" and "/resolve/" in r["path"]:
+            first_get.setdefault(r["path"].rsplit("/", 1)[-1], r)
+    for sha, size in kept.items():
+        r = first_get[name_of[sha]]
+        assert (r["range"], r["status"]) == (f"bytes={size}-", 206), (name_of[sha], size, r)
+    manifest = json.loads(host.ssh(f"cat {MODEL_DIR}/.gpu-llm-manifest.json", check=True).stdout)
+    assert manifest["commit"] == info["sha"]
+    assert host.ssh(f"ls -A {parts}", check=True).stdout.strip() == ""  # verified: no part left
+    again = run_deploy(inventory, "deploy.py")
+    assert again.rc == 0 and again.changed == 0, again.changed_ops or again.output[-4000:]

@@ -24,6 +24,8 @@ Test controls:
                            nothing; its partial file is deleted, so the next call starts F over. Hence: N >= 10 MiB
                            (with --shard-mib above it) and K=1 shows a Range resume; N < 10 MiB and K=6 makes one
                            call fail and the next one succeed.
+  --rate-kib R             send every file body at R KiB/s per GET (a slow link: a transfer still runs when a
+                           test reboots the host or stops the run)
   POST /_fake/arm          JSON {"file", "after", "times"} (any subset) re-arms the cut; SIGHUP re-arms with the
                            command-line values. GET /_fake/state shows what is armed.
   --log PATH               one JSON line per request: method, path, range, auth (bool, never the token), status,
@@ -183,6 +185,7 @@ class Hub:
         self.sha = commit_sha(files)
         self._log_path = log_path
         self._log_lock = threading.Lock()
+        self.rate: float | None = None  # bytes/s per GET of a file body (--rate-kib), None: as fast as possible
 
     def resolve(self, revision: str) -> str:
         if revision in ("main", self.sha):
@@ -367,6 +370,9 @@ class Handler(BaseHTTPRequestHandler):
             chunk = f.data[offset:min(offset + CHUNK, stop)]
             self.wfile.write(chunk)
             sent += len(chunk)
+            if self.hub.rate:
+                self.wfile.flush()
+                time.sleep(len(chunk) / self.hub.rate)
         if cut_at is not None:
             self.wfile.flush()
             self.close_connection = True
@@ -415,6 +421,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--cut-file", metavar="NAME", help="file whose GETs get their connection cut")
     parser.add_argument("--cut-after", type=int, default=0, metavar="BYTES", help="byte offset of the cut")
     parser.add_argument("--cut-times", type=int, default=1, metavar="K", help="cuts per arming (default 1)")
+    parser.add_argument("--rate-kib", type=float, metavar="R", help="send file bodies at R KiB/s per GET")
     parser.add_argument("--log", type=Path, metavar="PATH", help="append one JSON line per request to PATH")
     args = parser.parse_args(argv)
     if not args.repo_dir.is_dir():
@@ -429,6 +436,7 @@ def serve(args: argparse.Namespace) -> ThreadingHTTPServer:
         raise SystemExit(f"fake_hf: --cut-file {args.cut_file!r} is not in the repo; files: {', '.join(files)}")
     cut = CutSwitch(args.cut_file, args.cut_after, args.cut_times if args.cut_file else 0)
     hub = Hub(args.repo_id, files, args.require_token, cut, args.log)
+    hub.rate = args.rate_kib * 1024 if args.rate_kib else None
     handler = type("BoundHandler", (Handler,), {"hub": hub})
     server = ThreadingHTTPServer((args.bind, args.port), handler)
     server.daemon_threads = True
