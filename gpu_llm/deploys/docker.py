@@ -23,7 +23,7 @@ def paths() -> tuple[str, ...]:
     return (*KEY_FILES, UDEV_RULE)
 
 
-@deploy("Docker and NVIDIA Container Toolkit")
+@deploy("Install Docker and the NVIDIA Container Toolkit")
 def docker() -> None:
     s = for_host(host)
     batch = managed_paths(s)  # every deploy's files: their state is read in one command

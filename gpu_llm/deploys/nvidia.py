@@ -34,7 +34,7 @@ def paths(s) -> tuple[str, ...]:  # noqa: ANN001
             nvidia_ops.keyring_deb(s.nvidia_cuda_keyring_version))
 
 
-@deploy("NVIDIA driver and CUDA")
+@deploy("Install the NVIDIA driver and CUDA")
 def nvidia() -> None:
     s = for_host(host)
     batch = managed_paths(s)  # every deploy's files: their state is read in one command

@@ -38,7 +38,7 @@ def model_gib(settings) -> float:
     return hub_repo_gib(settings.model_repo, settings.model_revision, settings.hf_endpoint, settings.hf_token) or 0.0
 
 
-@deploy("Preflight")
+@deploy("Check the host (preflight)")
 def preflight() -> None:
     s = for_host(host)
     preflight_ops.check(

@@ -48,7 +48,7 @@ def template_path(s: Any) -> str:
     return f"{s.vllm_config_dir}/{s.vllm_chat_template}"
 
 
-@deploy("vLLM")
+@deploy("Run vLLM")
 def vllm() -> None:
     s = settings.for_host(host)
     template = (TEMPLATES / s.vllm_chat_template).read_bytes()
@@ -65,7 +65,7 @@ def vllm() -> None:
     )
 
 
-@deploy("Verify vLLM")
+@deploy("Verify the vLLM endpoints")
 def vllm_verify() -> None:
     s = settings.for_host(host)
     vllm_ops.verified(name="Verify every vLLM endpoint", settings=s, python=f"{s.hf_venv}/bin/python",
