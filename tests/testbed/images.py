@@ -78,7 +78,11 @@ def start_fake_hf(tb: Testbed, port: int = 8090, *args: str) -> str:
             raise TestbedError(f"fake_hf.py exited {proc.returncode}; see {log.name}")
         try:
             socket.create_connection((tb.cfg.bridge_ip, port), timeout=0.5).close()
-            return f"http://{tb.cfg.bridge_ip}:{port}"
         except OSError:
             time.sleep(0.1)
+            continue
+        time.sleep(0.2)  # something answered: make sure it is ours (a stale server holds the port, ours exits)
+        if proc.poll() is not None:
+            raise TestbedError(f"fake_hf.py exited {proc.returncode} (port {port} taken?); see {log.name}")
+        return f"http://{tb.cfg.bridge_ip}:{port}"
     raise TestbedError(f"fake_hf.py did not listen on {tb.cfg.bridge_ip}:{port}; see {log.name}")
