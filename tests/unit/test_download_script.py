@@ -230,32 +230,22 @@ def test_resumable_transfer_continues_a_cut_file_in_the_next_run(tmp_path):
         hub.stop()
 
 
-def test_resumable_transfer_restarts_a_part_the_server_will_not_continue(tmp_path, hub):
-    # a part that is longer than the file (a different file's leftovers under the same name) is dropped
+@pytest.mark.parametrize(("left", "says"), [
+    # longer than the file (another file's leftovers under its name): dropped, fetched from 0
+    (lambda size: b"x" * (size + 5), ["is larger than"]),
+    # wrong bytes kept from an earlier run: resumed, fails sha256, the second attempt starts from 0
+    (lambda size: b"\0" * 1000, [f"{SHARD}: resuming at byte 1000", f"{SHARD} has sha256"]),
+], ids=["longer-than-the-file", "corrupt-bytes"])
+def test_resumable_transfer_recovers_from_a_bad_part(tmp_path, hub, left, says):
     model_dir = tmp_path / "model"
     assert fetch(tmp_path, hub, model_dir).returncode == 0
     files = dl.read_manifest(model_dir)["files"]
     part = model_dir / dl.PARTIAL_DIR / f"{files[SHARD]['sha256']}.part"
     good = (model_dir / SHARD).read_bytes()
-    part.write_bytes(b"x" * (len(good) + 5))
+    part.write_bytes(left(len(good)))
     (model_dir / SHARD).unlink()
     (model_dir / dl.MANIFEST_NAME).unlink()
     result = fetch(tmp_path, hub, model_dir)
     assert result.returncode == 0, result.stderr
-    assert "is larger than" in result.stdout and (model_dir / SHARD).read_bytes() == good
-
-
-def test_resumable_transfer_with_a_corrupt_part_refetches_the_whole_file(tmp_path, hub):
-    # bytes kept from an earlier run that are wrong fail the sha256 check; the second attempt starts from 0
-    model_dir = tmp_path / "model"
-    assert fetch(tmp_path, hub, model_dir).returncode == 0
-    files = dl.read_manifest(model_dir)["files"]
-    part = model_dir / dl.PARTIAL_DIR / f"{files[SHARD]['sha256']}.part"
-    good = (model_dir / SHARD).read_bytes()
-    part.write_bytes(b"\0" * 1000)
-    (model_dir / SHARD).unlink()
-    (model_dir / dl.MANIFEST_NAME).unlink()
-    result = fetch(tmp_path, hub, model_dir)
-    assert result.returncode == 0, result.stderr
-    assert f"{SHARD}: resuming at byte 1000" in result.stdout and f"{SHARD} has sha256" in result.stdout
+    assert all(line in result.stdout for line in says), result.stdout
     assert (model_dir / SHARD).read_bytes() == good
