@@ -17,7 +17,8 @@ HOSTS = 3  # CI budget: 3 fresh hosts converge in one run (~1 min); the README f
 REPS = 3
 
 
-def test_rerun_benchmark_writes_sane_numbers(testbed: Testbed, tmp_path: Path) -> None:
+def test_rerun_benchmark_writes_sane_numbers(testbed: Testbed, tmp_path: Path,
+                                            capsys: pytest.CaptureFixture[str]) -> None:
     hosts = [testbed.add_host("h200-x1") for _ in range(HOSTS)]
     out = tmp_path / "rerun.json"
     result = run(testbed, hosts, REPS, out)
@@ -33,5 +34,7 @@ def test_rerun_benchmark_writes_sane_numbers(testbed: Testbed, tmp_path: Path) -
     assert cmds["a"]["total"] == 1 and len(saved["remote_commands_b"]) == cmds["b"]["total"]
     assert cmds["b"]["hosts"] == 1 and cmds["c"]["hosts"] == HOSTS
     assert cmds["c"]["per_host_max"] == cmds["b"]["total"]
-    print(f"\nrerun benchmark ({HOSTS} hosts, {REPS} reps): b/a = {saved['ratios']['b/a']:.2f}  "
-          f"c/b = {saved['ratios']['c/b']:.2f}  ({cmds['b']['total']} remote commands per no-op host)")
+    with capsys.disabled():  # into CI's log even under -q
+        print(f"\nrerun benchmark ({HOSTS} hosts, {REPS} reps, medians a {med['a']:.2f} s, b {med['b']:.2f} s, "
+              f"c {med['c']:.2f} s; {cmds['b']['total']} remote commands per no-op host):\n"
+              f"b/a = {saved['ratios']['b/a']:.2f}\nc/b = {saved['ratios']['c/b']:.2f}", flush=True)
