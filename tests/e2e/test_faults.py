@@ -181,7 +181,9 @@ def test_reboot_mid_download_then_rerun_resumes_every_shard(faulty: Faulty, test
     hub_log.unlink(missing_ok=True)
     # 4 shards of 3 MiB at 192 KiB/s each: about 16 s of transfer, started right after preflight
     endpoint = start_fake_hf(testbed, port, "--shard-mib", "3", "--rate-kib", "192", "--log", str(hub_log))
-    inventory = faulty.inventory({"hf_endpoint": endpoint})
+    # a complete snapshot of "main" is trusted without asking the hub: pin the new hub's commit to move to it
+    commit = requests.get(f"{endpoint}/api/models/Qwen/Qwen3-32B-AWQ", timeout=10).json()["sha"]
+    inventory = faulty.inventory({"hf_endpoint": endpoint, "model_revision": commit})
     parts = f"{MODEL_DIR}/{PARTIAL_DIR}"
 
     def reboot_once_parts_grow() -> None:
@@ -189,9 +191,9 @@ def test_reboot_mid_download_then_rerun_resumes_every_shard(faulty: Faulty, test
         while time.monotonic() < deadline:  # every shard has kept at least one whole read
             sizes = host.ssh(f"stat -c %s {parts}/*.part 2>/dev/null").stdout.split()
             if len(sizes) >= 4 and all(int(s) >= RESUME_CHUNK for s in sizes):
-                break
+                host.reboot()
+                return
             time.sleep(0.2)
-        host.reboot()
 
     before = host.boot_mark()
     cut, fired = run_with_fault(inventory, "Start downloading the model", reboot_once_parts_grow, delay=0)
@@ -217,7 +219,7 @@ def test_reboot_mid_download_then_rerun_resumes_every_shard(faulty: Faulty, test
         r = first_get[name_of[sha]]
         assert (r["range"], r["status"]) == (f"bytes={size}-", 206), (name_of[sha], size, r)
     manifest = json.loads(host.ssh(f"cat {MODEL_DIR}/.gpu-llm-manifest.json", check=True).stdout)
-    assert manifest["commit"] == info["sha"]
+    assert manifest["commit"] == info["sha"] == commit
     assert host.ssh(f"ls -A {parts}", check=True).stdout.strip() == ""  # verified: no part left
     again = run_deploy(inventory, "deploy.py")
     assert again.rc == 0 and again.changed == 0, again.changed_ops or again.output[-4000:]
