@@ -77,7 +77,7 @@ DEFAULTS = {
     "hf_token": None,
     # Parallel download workers.
     "hf_max_workers": 8,
-    # "resumable" (LFS files by HTTP Range, continued across runs and reboots) or "xet" (hf_xet: faster, no resume).
+    # "resumable" (LFS files by HTTP Range, continued across runs and reboots) or "xet" (hf_xet; no resume across runs).
     "hf_transfer": "resumable",
     # Seconds one download attempt may take before it is abandoned (it resumes on re-run).
     "hf_download_timeout": 7200,

@@ -3,8 +3,8 @@
 Standalone on purpose: the deploy copies this file to GPU hosts and runs it with the hf venv's python,
 so it imports only the standard library (and huggingface_hub and requests, inside `fetch`).
 
-Transfers (--transfer): "xet" leaves every file to snapshot_download (hf_xet on Xet-backed repos, the fastest
-backend huggingface-hub offers), but huggingface-hub >= 2.x restarts an unfinished file from byte 0 in a new
+Transfers (--transfer): "xet" leaves every file to snapshot_download (hf_xet on Xet-backed repos, the backend
+huggingface-hub's docs call its fastest), but huggingface-hub 2.4 restarts an unfinished file from byte 0 in a new
 process (per-process temp files, huggingface_hub#4228), so a reboot or timeout mid-shard loses that shard's bytes.
 "resumable" (default) fetches small files with snapshot_download and every LFS file itself with HTTP Range
 requests into <dir>/.cache/huggingface/gpu-llm-partial/<sha256>.part, which the next run continues from its size.
