@@ -12,6 +12,7 @@ from typing import Any
 
 from gpu_llm.defaults import DEFAULTS
 from gpu_llm.plan.types import QWEN3_32B_AWQ
+from gpu_llm.remote.download import TRANSFERS
 
 # Host data keys starting with these belong to us: an unknown one is a typo, not someone else's key.
 OUR_PREFIXES = ("preflight_", "nvidia_", "cuda_", "docker_", "container_toolkit_", "model_", "hf_", "vllm_")
@@ -224,7 +225,7 @@ SCHEMA: dict[str, Callable[[Any], Any]] = {
     "hf_endpoint": _url,
     "hf_token": _str(r"\S+", "a token string", allow_none=True),
     "hf_max_workers": _int(1, 64),
-    "hf_transfer": _choice("resumable", "xet"),
+    "hf_transfer": _choice(*TRANSFERS),
     "hf_download_timeout": _int(60),
     "vllm_image": _image,
     "vllm_version": _str(r"\d+\.\d+\.\d+", 'a vLLM release like "0.10.1"', allow_none=True),

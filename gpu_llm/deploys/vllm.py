@@ -53,15 +53,16 @@ def vllm() -> None:
     s = settings.for_host(host)
     template = (TEMPLATES / s.vllm_chat_template).read_bytes()
     key = api_key(s)
+    batch = managed_paths(s)  # every deploy's files: their state is read in one command
     put = gpu_files.put(name="Install the chat template", content=template, dest=template_path(s),
-                        mode="644", batch=managed_paths(s))
+                        mode="644", batch=batch)
     vllm_ops.instances(
         name="Run the vLLM containers",
         settings=s,
         template_sha256=hashlib.sha256(template).hexdigest(),
         api_key=HiddenValue(key) if key else None,
         template_restored=lambda: put.changed,
-        batch=managed_paths(s),
+        batch=batch,
     )
 
 

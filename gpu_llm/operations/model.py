@@ -35,7 +35,8 @@ class Download:
 
     def fetch_argv(self) -> list[str]:
         argv = [self.python, self.script, "fetch", "--repo", self.repo, "--revision", self.revision,
-                "--dir", self.model_dir, "--endpoint", self.endpoint, "--max-workers", str(self.max_workers), "--transfer", self.transfer]
+                "--dir", self.model_dir, "--endpoint", self.endpoint, "--max-workers", str(self.max_workers),
+                "--transfer", self.transfer]
         return argv + (["--token-file", self.token_file] if self.token_file else [])
 
     def wait_argv(self) -> list[str]:

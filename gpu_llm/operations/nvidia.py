@@ -103,14 +103,25 @@ def decide_driver(state: DriverState, spec: DriverSpec, replace: bool, required_
     return DriverDecision("install", f"install {want_text}")
 
 
+def host_driver_spec(branch: str, version: str, open_modules: bool) -> DriverSpec:
+    """driver_spec for the distro of the host being operated on."""
+    return driver_spec(distro_id(memo.fact(host, LinuxDistribution)), branch, version, open_modules)
+
+
+def host_driver_decision(branch: str, version: str, open_modules: bool, replace: bool,
+                         required_cuda: str | None) -> DriverDecision:
+    """decide_driver for the host being operated on, from its (memoised) driver state."""
+    spec = host_driver_spec(branch, version, open_modules)
+    return decide_driver(memo.fact(host, NvidiaDriver), spec, replace, required_cuda)
+
+
 def keeps_foreign_driver(branch: str, version: str, open_modules: bool, replace: bool,
                          required_cuda: str | None) -> bool:
     """At execution time: does the host run a driver gpu-llm leaves alone (not installed by apt)?
 
     For `_if=` of the steps that only make sense with our apt driver (pin, unattended-upgrades, nouveau)."""
-    spec = driver_spec(distro_id(memo.fact(host, LinuxDistribution)), branch, version, open_modules)
-    decision = decide_driver(memo.fact(host, NvidiaDriver), spec, replace, required_cuda)
-    return decision.kind in ("foreign", "foreign-too-old")
+    return host_driver_decision(branch, version, open_modules, replace, required_cuda).kind in (
+        "foreign", "foreign-too-old")
 
 
 def holds_missing(state: DriverState, spec: DriverSpec) -> list[str]:
@@ -181,8 +192,7 @@ def driver_check(branch: str, version: str, open_modules: bool = True, replace: 
 
         nvidia.driver_check(name="Check the host's NVIDIA driver", branch="570", version="570.153.02")
     """
-    spec = driver_spec(distro_id(memo.fact(host, LinuxDistribution)), branch, version, open_modules)
-    decision = decide_driver(memo.fact(host, NvidiaDriver), spec, replace, required_cuda)
+    decision = host_driver_decision(branch, version, open_modules, replace, required_cuda)
     if decision.kind in ("conflict", "foreign-too-old"):
         yield refuse(decision.detail)
     else:
@@ -208,7 +218,7 @@ def driver(branch: str, version: str, open_modules: bool = True, replace: bool =
 
         nvidia.driver(name="Install NVIDIA driver 570.153.02", branch="570", version="570.153.02")
     """
-    spec = driver_spec(distro_id(memo.fact(host, LinuxDistribution)), branch, version, open_modules)
+    spec = host_driver_spec(branch, version, open_modules)
     state = memo.fact(host, NvidiaDriver)
     decision = decide_driver(state, spec, replace, required_cuda)
     if decision.kind in ("conflict", "foreign-too-old"):
@@ -272,7 +282,7 @@ def reboot_for_driver(branch: str, version: str, open_modules: bool = True, rebo
 
         nvidia.reboot_for_driver(name="Reboot into the new NVIDIA driver", branch="570", version="570.153.02")
     """
-    spec = driver_spec(distro_id(memo.fact(host, LinuxDistribution)), branch, version, open_modules)
+    spec = host_driver_spec(branch, version, open_modules)
     reason = reboot_reason(memo.fact(host, NvidiaDriver), spec)
     if reason is None:
         host.noop("the running NVIDIA kernel module matches the installed driver (or none is needed yet)")
