@@ -7,6 +7,7 @@ background right after preflight (it is the longest step) and is joined before t
 """
 
 from gpu_llm.deploys.docker import docker
+from gpu_llm.deploys.image import image_pull_start, image_pull_wait
 from gpu_llm.deploys.model import model_download_start, model_download_wait
 from gpu_llm.deploys.nvidia import nvidia
 from gpu_llm.deploys.preflight import preflight
@@ -16,6 +17,8 @@ preflight()              # OS, arch, root, disk, GPUs on the PCI bus, settings: 
 model_download_start()   # huggingface-hub in its own venv, download runs as a transient systemd unit
 nvidia()                 # NVIDIA driver (pinned, held, reboot if needed) + CUDA toolkit
 docker()                 # Docker + NVIDIA Container Toolkit, daemon.json merged
+image_pull_start()       # docker pull of the planned vLLM image as a transient systemd unit, beside the download
 model_download_wait()    # join the download, verify sizes/hashes, manifest
+image_pull_wait()        # join the image pull (re-started if a reboot stopped it)
 vllm()                   # chat template, env files, tuned vLLM container(s) labelled with their spec hash
 vllm_verify()            # /health wait, one chat completion without <think>

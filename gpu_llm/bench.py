@@ -17,12 +17,15 @@ from typing import Any, Iterable, Sequence
 
 import requests
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from gpu_llm.verify import VerifyError, list_models, make_session, normalise_url, read_api_key, request
 
 PERCENTILES = (50, 90, 99)
+# matplotlib is an extra (only --plot needs it): gpu-llm[plot].
+PLOT_NEEDS_MATPLOTLIB = "gpu-llm bench --plot needs matplotlib: pip install 'gpu-llm[plot]'"
 # Common English words: each is about one token for Qwen's BPE, so word count ~ prompt tokens.
 FILLER_WORDS = (
     "the system reads each line of the report and writes a short note about what changed since the last "
@@ -214,9 +217,21 @@ def results_table(levels: Sequence[dict[str, Any]]) -> Table:
     return table
 
 
+def have_matplotlib() -> bool:
+    """Whether `--plot` can work: matplotlib is the optional extra gpu-llm[plot]."""
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
 def plot(results: dict[str, Any], path: str) -> None:
-    """PNG of aggregate output tok/s and TTFT/TPOT percentiles against concurrency."""
-    from matplotlib.figure import Figure  # Figure() renders with Agg and never touches pyplot's global state
+    """PNG of aggregate output tok/s and TTFT/TPOT percentiles against concurrency (needs gpu-llm[plot])."""
+    try:
+        from matplotlib.figure import Figure  # Figure() renders with Agg and never touches pyplot's global state
+    except ImportError as exc:
+        raise RuntimeError(PLOT_NEEDS_MATPLOTLIB) from exc
 
     levels = results["levels"]
     conc = [level["concurrency"] for level in levels]
@@ -252,6 +267,9 @@ def plot(results: dict[str, Any], path: str) -> None:
 def run(args: argparse.Namespace, console: Console | None = None) -> int:
     """The bench subcommand: probe, warm up, sweep, then write JSON/PNG; 0 all ok, 1 some failed, 2 setup error."""
     console = console or Console(stderr=True)
+    if args.plot and not have_matplotlib():  # before the sweep, not after minutes of it
+        console.print(f"[red]error:[/red] {escape(PLOT_NEEDS_MATPLOTLIB)}", highlight=False, soft_wrap=True)
+        return 2
     try:
         url = normalise_url(args.url)
         api_key = read_api_key(args.api_key_file)
@@ -345,7 +363,8 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--request-timeout", type=float, default=600, metavar="S",
                         help="seconds one request may take (default 600)")
     parser.add_argument("--out", metavar="PATH", help="write the results as JSON here")
-    parser.add_argument("--plot", metavar="PATH", help="write a PNG of throughput and latency vs concurrency here")
+    parser.add_argument("--plot", metavar="PATH", help="write a PNG of throughput and latency vs concurrency here "
+                        "(needs matplotlib: pip install 'gpu-llm[plot]')")
     parser.add_argument("--label", help="note shown in the plot title and results (e.g. 'H200, tuned flags')")
     parser.set_defaults(func=run)
 

@@ -8,9 +8,10 @@ import shlex
 import sys
 from dataclasses import asdict
 from pathlib import Path
+from typing import Any
 
 from gpu_llm import bench, verify
-from gpu_llm.plan import PlanError, plan_instances
+from gpu_llm.plan import InstancePlan, PlanError, ServeConfig, plan_instances
 from gpu_llm.plan.container import container_spec, docker_run_args
 from gpu_llm.plan.gpus import parse_compact, parse_query_csv
 from gpu_llm.settings import SettingsError, from_data, parse_value
@@ -51,25 +52,25 @@ def run_plan(args: argparse.Namespace) -> int:
             if not sep:
                 raise SettingsError([(item, f"--data {item!r}: expected KEY=VALUE")])
             data[key] = parse_value(raw)
-        settings = from_data(data)
+        config = ServeConfig.from_settings(from_data(data))
         if args.gpus:
             gpus = parse_compact(args.gpus, args.driver)
         else:
             gpus = parse_query_csv(args.from_nvidia_smi.read_text())
-        plans = plan_instances(gpus, settings, driver_version=args.driver)
+        plans = plan_instances(gpus, config, driver_version=args.driver)
     except (SettingsError, PlanError, ValueError, OSError) as exc:
         print(f"gpu-llm plan: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
-    specs = [container_spec(p, settings, template_sha256="<template>") for p in plans]
+    specs = [container_spec(p, template_sha256="<template>") for p in plans]
     if args.json:
         out = [_plan_json(p, s) for p, s in zip(plans, specs)]
         print(json.dumps(out[0] if len(out) == 1 else {"instances": out}, indent=2))
         return 0
-    _print_human(plans, specs, settings)
+    _print_human(plans, specs, config.vllm_max_model_len)
     return 0
 
 
-def _plan_json(plan, spec) -> dict:
+def _plan_json(plan: InstancePlan, spec: dict[str, Any]) -> dict[str, Any]:
     cap = plan.capacity
     return {
         "container_name": plan.container_name,
@@ -89,7 +90,7 @@ def _plan_json(plan, spec) -> dict:
     }
 
 
-def _print_human(plans, specs, settings) -> None:
+def _print_human(plans: list[InstancePlan], specs: list[dict[str, Any]], max_model_len: int) -> None:
     from rich.console import Console
     from rich.table import Table
 
@@ -109,7 +110,7 @@ def _print_human(plans, specs, settings) -> None:
         ]:
             table.add_row(label, f"{value:.2f}")
         table.add_row("KV cache tokens (TP group)", f"{cap.kv_cache_tokens:,}")
-        table.add_row(f"max concurrency @ {settings.vllm_max_model_len} tokens", f"{cap.max_concurrency:.2f}x")
+        table.add_row(f"max concurrency @ {max_model_len} tokens", f"{cap.max_concurrency:.2f}x")
         console.print(table)
         for warning in plan.warnings:
             console.print(f"[yellow]warning:[/yellow] {warning}")

@@ -1,35 +1,37 @@
-"""One pyinfra @deploy per concern; deploys read settings, operations take explicit arguments."""
+"""One pyinfra @deploy per concern; deploys read settings, operations take plans and plain arguments."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
+from pyinfra import host
+from pyinfra.context import ctx_state
+
+from gpu_llm import layout
+from gpu_llm.facts import snapshot
+from gpu_llm.settings import Settings, SettingsError, for_host
+
 ROOT = Path(__file__).resolve().parents[2]
 FILES = ROOT / "files"
 TEMPLATES = ROOT / "templates"
+_PREFETCHED = "_gpu_llm_snapshots_prefetched"
 
 
-def managed_paths(s) -> tuple[str, ...]:  # noqa: ANN001 (gpu_llm.settings.Settings)
-    """Every small file and directory the deploys manage: the first gpu_llm.operations.files op of a run reads the
-    state of all of them in one command, the others reuse it until one of them changes something."""
-    from gpu_llm.deploys import docker, model, nvidia, vllm  # they import this module
+def host_settings() -> Settings:
+    """This host's settings (validated once per host and run), with the host snapshot told what to read.
 
-    return (*model.paths(s), *nvidia.paths(s), *docker.paths(), *vllm.paths(s))
-
-
-def service(**kwargs):  # noqa: ANN003, ANN201 (the arguments and result of systemd.service)
-    """systemd.service where systemd is the init (PID 1); the init script elsewhere (containers, chroots).
-
-    pyinfra's systemd facts fail outright on a host whose systemctl exists but whose PID 1 is not systemd
-    (e.g. a container image), which would abort even a --dry plan.
-    """
-    from pyinfra import host
-    from pyinfra.facts.files import Directory
-    from pyinfra.operations import systemd, sysvinit
-
-    from gpu_llm.facts import memo
-
-    if memo.fact(host, Directory, path="/run/systemd/system"):  # sd_booted(3): how systemd itself tells
-        return systemd.service(**kwargs)
-    kwargs.pop("daemon_reload", None)
-    return sysvinit.service(**kwargs)
+    The first call of a run reads every host's snapshot in parallel: pyinfra prepares deploy.py one host after
+    another, so a read per host there would cost one round trip per host in a row."""
+    s = for_host(host)
+    snapshot.use(host, layout.probe(s))
+    state = ctx_state.get()  # the real State (pyinfra's `state` is a proxy with vars of its own)
+    if not vars(state).get(_PREFETCHED):
+        vars(state)[_PREFETCHED] = True
+        probes = {}
+        for other in state.inventory.get_active_hosts():
+            try:
+                probes[other] = layout.probe(for_host(other))
+            except SettingsError:  # that host's own preflight reports it
+                continue
+        snapshot.prefetch(state, probes)
+    return s

@@ -8,38 +8,29 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pyinfra import host
 from pyinfra.api import HiddenValue, deploy
 
-from gpu_llm import deploys, settings
+from gpu_llm.deploys import host_settings
+from gpu_llm.layout import DOWNLOAD_UNIT, LOG_DIR, download_script_path, token_path, verify_script_path
 from gpu_llm.operations import files as gpu_files
 from gpu_llm.operations import model as model_ops
 from gpu_llm.operations import packages
+from gpu_llm.settings import Settings
 
 _PACKAGE = Path(__file__).resolve().parents[1]
 DOWNLOAD_SCRIPT = _PACKAGE / "remote" / "download.py"
 VERIFY_SCRIPT = _PACKAGE / "verify.py"
-UNIT = "gpu-llm-model-download.service"
-LOG_DIR = "/var/log/gpu-llm"
+UNIT = DOWNLOAD_UNIT
 
 
-def token_path(s) -> str:  # noqa: ANN001 (gpu_llm.settings.Settings)
-    return f"{s.vllm_config_dir}/hf-token"
-
-
-def verify_script_path(s) -> str:  # noqa: ANN001
-    """Where verify.py lands on the host (run by the hf venv's python, which has requests)."""
-    return f"{s.hf_venv}/gpu-llm-verify.py"
-
-
-def download_of(s) -> model_ops.Download:  # noqa: ANN001
+def download_of(s: Settings) -> model_ops.Download:
     return model_ops.Download(
         repo=s.model_repo,
         revision=s.model_revision,
         model_dir=s.model_dir,
         python=f"{s.hf_venv}/bin/python",
-        script=f"{s.hf_venv}/gpu-llm-download.py",
-        unit=UNIT,
+        script=download_script_path(s),
+        unit=DOWNLOAD_UNIT,
         log_file=f"{LOG_DIR}/model-download.log",
         endpoint=s.hf_endpoint,
         token_file=token_path(s) if s.hf_token else None,
@@ -50,37 +41,29 @@ def download_of(s) -> model_ops.Download:  # noqa: ANN001
     )
 
 
-def paths(s) -> tuple[str, ...]:  # noqa: ANN001
-    """What model_download_start puts or creates."""
-    return (download_of(s).script, verify_script_path(s), s.vllm_config_dir, LOG_DIR, s.model_dir, token_path(s))
-
-
 @deploy("Start the model download")
 def model_download_start() -> None:
-    s = settings.for_host(host)
+    s = host_settings()
     packages.packages(name="Install python3-venv for the hf venv", packages=["python3-venv"])
     model_ops.hf_venv(
         name="Install huggingface-hub and requests into the hf venv",
         path=s.hf_venv, requirements=[s.hf_hub_requirement, "requests"], pip_args=s.hf_pip_args,
     )
-    script = download_of(s).script
-    batch = deploys.managed_paths(s)
-    gpu_files.put(name="Upload the model download script", content=DOWNLOAD_SCRIPT.read_bytes(), dest=script,
-                  mode="644", batch=batch)
+    gpu_files.put(name="Upload the model download script", content=DOWNLOAD_SCRIPT.read_bytes(),
+                  dest=download_script_path(s), mode="644")
     gpu_files.put(name="Upload the endpoint verify script", content=VERIFY_SCRIPT.read_bytes(),
-                  dest=verify_script_path(s), mode="644", batch=batch)
-    gpu_files.directory(name="Create the gpu-llm config directory", path=s.vllm_config_dir, mode="755", batch=batch)
-    gpu_files.directory(name="Create the gpu-llm log directory", path=LOG_DIR, mode="755", batch=batch)
-    gpu_files.directory(name="Create the model directory", path=s.model_dir, user=s.model_owner, batch=batch)
+                  dest=verify_script_path(s), mode="644")
+    gpu_files.directory(name="Create the gpu-llm config directory", path=s.vllm_config_dir, mode="755")
+    gpu_files.directory(name="Create the gpu-llm log directory", path=LOG_DIR, mode="755")
+    gpu_files.directory(name="Create the model directory", path=s.model_dir, user=s.model_owner)
     model_ops.secret_file(
         name="Store the Hugging Face token (0600)" if s.hf_token else "Remove the stored Hugging Face token",
         path=token_path(s), content=HiddenValue(s.hf_token) if s.hf_token else None, user=s.model_owner,
-        batch=batch,
     )
     model_ops.download_started(name="Start downloading the model in the background", d=download_of(s))
 
 
 @deploy("Wait for the model download")
 def model_download_wait() -> None:
-    s = settings.for_host(host)
+    s = host_settings()
     model_ops.download_joined(name="Wait for the model download and verify it", d=download_of(s))

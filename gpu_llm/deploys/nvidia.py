@@ -5,21 +5,14 @@ from __future__ import annotations
 from pathlib import Path
 
 from jinja2 import Environment, StrictUndefined
-from pyinfra import host
 from pyinfra.api import deploy
-from pyinfra.operations import apt, server
 
-from gpu_llm.deploys import FILES, TEMPLATES, managed_paths
+from gpu_llm.deploys import FILES, TEMPLATES, host_settings
+from gpu_llm.layout import DRIVER_PIN, NOUVEAU_CONF, UNATTENDED_CONF, cuda_toolkit_package
 from gpu_llm.operations import files as gpu_files
 from gpu_llm.operations import nvidia as nvidia_ops
-from gpu_llm.operations import packages
-from gpu_llm.plan import required_cuda
-from gpu_llm.settings import for_host
-
-
-NOUVEAU_CONF = "/etc/modprobe.d/gpu-llm-blacklist-nouveau.conf"
-DRIVER_PIN = "/etc/apt/preferences.d/gpu-llm-nvidia-driver"
-UNATTENDED_CONF = "/etc/apt/apt.conf.d/51gpu-llm-unattended-upgrades"
+from gpu_llm.operations import packages, shell
+from gpu_llm.plan import ServeConfig, required_cuda
 
 
 def render(template: Path, **data: str) -> bytes:
@@ -28,46 +21,38 @@ def render(template: Path, **data: str) -> bytes:
     return env.from_string(template.read_text()).render(**data).encode()
 
 
-def paths(s) -> tuple[str, ...]:  # noqa: ANN001
-    """What nvidia() and its CUDA repository put, create or download."""
-    return (NOUVEAU_CONF, DRIVER_PIN, UNATTENDED_CONF, nvidia_ops.STATE_DIR,
-            nvidia_ops.keyring_deb(s.nvidia_cuda_keyring_version))
-
-
 @deploy("Install the NVIDIA driver and CUDA")
 def nvidia() -> None:
-    s = for_host(host)
-    batch = managed_paths(s)  # every deploy's files: their state is read in one command
+    s = host_settings()
     driver_args = {"branch": s.nvidia_driver_branch, "version": s.nvidia_driver_version,
                    "open_modules": s.nvidia_driver_open}
 
     def apt_driver() -> bool:  # False on a host whose non-apt driver we keep: no pin, blacklists or nouveau edits
         return not s.nvidia_driver_install or not nvidia_ops.keeps_foreign_driver(
-            replace=s.nvidia_driver_replace, required_cuda=required_cuda(s), **driver_args)
+            replace=s.nvidia_driver_replace, required_cuda=required_cuda(ServeConfig.from_settings(s)), **driver_args)
 
     if s.nvidia_driver_blacklist_nouveau:
         nouveau = gpu_files.put(name="Blacklist the nouveau kernel module",
                                 content=(FILES / "gpu-llm-blacklist-nouveau.conf").read_bytes(), dest=NOUVEAU_CONF,
-                                mode="644", batch=batch, _if=apt_driver)
-        server.shell(name="Rebuild the initramfs without nouveau", commands=["update-initramfs -u"],
-                     _if=nouveau.did_change)
+                                mode="644", _if=apt_driver)
+        shell(name="Rebuild the initramfs without nouveau", commands=["update-initramfs -u"], _if=nouveau.did_change)
     if not (s.nvidia_driver_install or s.cuda_toolkit_install):
         return
     repo = nvidia_ops.cuda_repo(name="Add NVIDIA's CUDA repository", base_url=s.nvidia_cuda_repo_url,
-                                keyring_version=s.nvidia_cuda_keyring_version, batch=batch)
-    apt.update(name="Refresh apt lists for NVIDIA's repository", _if=repo.did_change)
+                                keyring_version=s.nvidia_cuda_keyring_version)
+    packages.update(name="Refresh apt lists for NVIDIA's repository", _if=repo.did_change)
     if s.nvidia_driver_install:
         gpu_files.put(name=f"Pin NVIDIA driver {s.nvidia_driver_version} in apt preferences",
                       content=render(TEMPLATES / "nvidia-driver.pref.j2", version=s.nvidia_driver_version),
-                      dest=DRIVER_PIN, mode="644", batch=batch, _if=apt_driver)
+                      dest=DRIVER_PIN, mode="644", _if=apt_driver)
         gpu_files.put(name="Keep unattended-upgrades away from NVIDIA and CUDA packages",
                       content=(FILES / "51gpu-llm-unattended-upgrades").read_bytes(), dest=UNATTENDED_CONF,
-                      mode="644", batch=batch, _if=apt_driver)
+                      mode="644", _if=apt_driver)
         nvidia_ops.driver(name=f"Install NVIDIA driver {s.nvidia_driver_version}", replace=s.nvidia_driver_replace,
-                          required_cuda=required_cuda(s), **driver_args)
+                          required_cuda=required_cuda(ServeConfig.from_settings(s)), **driver_args)
         nvidia_ops.reboot_for_driver(name="Reboot into the installed NVIDIA driver if needed",
                                      reboot=s.nvidia_driver_reboot, reboot_timeout=s.nvidia_driver_reboot_timeout,
                                      **driver_args)
     if s.cuda_toolkit_install:
         packages.packages(name=f"Install CUDA toolkit {s.cuda_toolkit_version}",
-                     packages=["cuda-toolkit-" + s.cuda_toolkit_version.replace(".", "-")])
+                          packages=[cuda_toolkit_package(s.cuda_toolkit_version)])

@@ -4,15 +4,15 @@ from __future__ import annotations
 
 from functools import lru_cache
 
-from pyinfra import host, logger
+from pyinfra import logger
 from pyinfra.api import deploy
 
 from gpu_llm.defaults import DEFAULTS
+from gpu_llm.deploys import host_settings
 from gpu_llm.operations import nvidia as nvidia_ops
 from gpu_llm.operations import preflight as preflight_ops
-from gpu_llm.plan import gpus_needed, required_cuda
+from gpu_llm.plan import ServeConfig, gpus_needed, required_cuda
 from gpu_llm.plan.types import QWEN3_32B_AWQ
-from gpu_llm.settings import for_host
 
 GIB = 1024**3
 
@@ -40,19 +40,18 @@ def model_gib(settings) -> float:
 
 @deploy("Check the host (preflight)")
 def preflight() -> None:
-    s = for_host(host)
+    s = host_settings()
     preflight_ops.check(
         name="Check the host can run gpu-llm",
-        path=s.model_dir,
         supported_os=list(s.preflight_supported_os),
         required_gib=round(model_gib(s) + s.preflight_image_gib, 1),
         require_gpu=s.preflight_require_gpu,
-        gpus_needed=gpus_needed(s),
+        gpus_needed=gpus_needed(ServeConfig.from_settings(s)),
     )
     if s.nvidia_driver_install:  # a driver the nvidia step would refuse is refused here, before any change
         nvidia_ops.driver_check(name="Check the host's NVIDIA driver can be kept or replaced",
                                 branch=s.nvidia_driver_branch, version=s.nvidia_driver_version,
                                 open_modules=s.nvidia_driver_open, replace=s.nvidia_driver_replace,
-                                required_cuda=required_cuda(s))
+                                required_cuda=required_cuda(ServeConfig.from_settings(s)))
     # the one repair preflight makes, after every check passed: apt cannot install anything until it is done
-    preflight_ops.dpkg_finished(name="Finish an interrupted dpkg run", path=s.model_dir)
+    preflight_ops.dpkg_finished(name="Finish an interrupted dpkg run")

@@ -28,6 +28,8 @@ class HostPreflight(JsonFact):
     pci_gpus: list[PciGpu] = field(default_factory=list)
     # dpkg's update journal is not empty: a dpkg run was cut off (apt refuses to install until it is finished)
     dpkg_interrupted: bool = False
+    # /etc/os-release's ID, VERSION_ID, VERSION_CODENAME and NAME (repository paths are chosen from them)
+    release: dict[str, str] = field(default_factory=dict)
 
 
 def parse_os_release(lines: list[str]) -> dict[str, str]:
@@ -58,6 +60,7 @@ def parse_preflight(lines: list[str]) -> HostPreflight:
         mount=df[5] if len(df) >= 6 else "",
         pci_gpus=parse_pci(s.get("pci", [])),
         dpkg_interrupted=any(line.strip().isdigit() for line in s.get("dpkg", [])),
+        release={k: osr[k] for k in ("ID", "VERSION_ID", "VERSION_CODENAME", "NAME") if k in osr},
     )
 
 

@@ -7,19 +7,15 @@ from io import StringIO
 from typing import Any
 
 from pyinfra import host
-from pyinfra.api import StringCommand, operation
-from pyinfra.facts.server import LinuxDistribution
+from pyinfra.api import StringCommand
 from pyinfra.operations import files
 
-from gpu_llm.facts import memo
-from gpu_llm.facts.docker_daemon import DAEMON_JSON, DockerDaemonJson
-from gpu_llm.operations import download_naming_url, packages, refuse
+from gpu_llm.facts import snapshot
+from gpu_llm.facts.docker_daemon import DAEMON_JSON
+from gpu_llm.layout import DOCKER_KEY, DOCKER_SOURCE, KEYRINGS
+from gpu_llm.operations import download_naming_url, operation, packages, refuse
 from gpu_llm.operations import files as gpu_files
 
-KEYRINGS = "/etc/apt/keyrings"
-DOCKER_KEY = f"{KEYRINGS}/docker.asc"
-NVCT_KEY = f"{KEYRINGS}/nvidia-container-toolkit.asc"
-KEY_FILES = (KEYRINGS, DOCKER_KEY, NVCT_KEY)  # their state is read in one command
 DOCKER_DISTROS = ("ubuntu", "debian")
 
 
@@ -44,12 +40,11 @@ def merge(current: dict[str, Any], ours: dict[str, Any]) -> dict[str, Any]:
 
 
 @operation()
-def docker_repo(base_url: str, batch: tuple[str, ...] = ()):
+def docker_repo(base_url: str):
     """
     Add Docker's apt repository for the host's distro, its key in /etc/apt/keyrings (signed-by).
 
     + base_url: Docker's repository root, e.g. https://download.docker.com/linux
-    + batch: paths whose state is read with the keyrings (gpu_llm.operations.files)
 
     **Example:**
 
@@ -57,18 +52,17 @@ def docker_repo(base_url: str, batch: tuple[str, ...] = ()):
 
         docker.docker_repo(name="Add Docker's apt repository", base_url="https://download.docker.com/linux")
     """
-    distro = memo.fact(host, LinuxDistribution)
+    distro = snapshot.current(host).distro
     source = docker_source(base_url, distro)
     if source is None:
         yield refuse(f"Docker's repository has no packages for {distro.get('name')} {distro.get('major')}; "
                      'set docker_package_source: "ubuntu" to use the distro\'s docker.io')
         return
     distro_name = distro["release_meta"]["ID"].lower()
-    batch = (*batch, *KEY_FILES)
-    yield from gpu_files.directory._inner(path=KEYRINGS, mode="755", batch=batch)
-    if not gpu_files.downloaded(DOCKER_KEY, "644", batch=batch):
+    yield from gpu_files.directory._inner(path=KEYRINGS, mode="755")
+    if not gpu_files.downloaded(DOCKER_KEY, "644"):
         yield from download_naming_url(f"{base_url.rstrip('/')}/{distro_name}/gpg", DOCKER_KEY, "docker_repo_url")
-    yield from packages.repo._inner(src=source, filename="docker")
+    yield from packages.repo._inner(src=source, filename=DOCKER_SOURCE)
 
 
 @operation()
@@ -83,7 +77,7 @@ def nvidia_runtime():
 
         docker.nvidia_runtime(name="Register the NVIDIA runtime with Docker")
     """
-    daemon = memo.fact(host, DockerDaemonJson)
+    daemon = snapshot.current(host).daemon
     if daemon.error:
         yield refuse(daemon.error + "; fix or remove it")
         return
@@ -91,7 +85,6 @@ def nvidia_runtime():
         host.noop(f"{DAEMON_JSON} has runtimes.nvidia")
         return
     yield StringCommand("nvidia-ctk", "runtime", "configure", "--runtime=docker")
-    memo.forget(host, DockerDaemonJson)
 
 
 @operation()
@@ -107,7 +100,7 @@ def daemon_json(config: dict[str, Any]):
 
         docker.daemon_json(name="Merge gpu-llm's keys into daemon.json", config={"log-driver": "json-file"})
     """
-    daemon = memo.fact(host, DockerDaemonJson)
+    daemon = snapshot.current(host).daemon
     if daemon.error:
         yield refuse(daemon.error + "; fix or remove it")
         return
@@ -118,4 +111,3 @@ def daemon_json(config: dict[str, Any]):
     text = json.dumps(merged, indent=4, sort_keys=True) + "\n"
     yield from files.directory._inner(path="/etc/docker", mode="755")
     yield from files.put._inner(src=StringIO(text), dest=DAEMON_JSON, mode="644")
-    memo.forget(host, DockerDaemonJson)

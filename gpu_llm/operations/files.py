@@ -1,35 +1,33 @@
-"""Small files from the deploying machine and directories, the state of several read in one command (facts/files.py)."""
+"""Small files from the deploying machine and directories, their state read from the host snapshot (facts/snapshot.py:
+mode, owner and sha256 of every managed path in the one command)."""
 
 from __future__ import annotations
 
 import hashlib
 from io import BytesIO
-from typing import Any
 
 from pyinfra import host
-from pyinfra.api import FileUploadCommand, QuoteString, StringCommand, operation
+from pyinfra.api import FileUploadCommand, QuoteString, StringCommand
 from pyinfra.operations.util.files import chmod, chown
 
-from gpu_llm.facts import memo
-from gpu_llm.facts.files import FileState, FileStates
-from gpu_llm.operations import download_naming_url, refuse
+from gpu_llm.facts import snapshot
+from gpu_llm.facts.files import FileState
+from gpu_llm.operations import download_naming_url, operation, refuse
 
 
-def state(on: Any, path: str, batch: tuple[str, ...] = ()) -> FileState | None:
-    """`path`'s FileState on host `on`, read in one command with the paths of `batch` unless that read still holds."""
-    return (memo.fact(on, FileStates, paths=tuple(dict.fromkeys((*batch, path)))) or {}).get(path)
+def state(path: str) -> FileState | None:
+    """`path`'s FileState from the host snapshot; None when the snapshot was not told to read it (gpu_llm.layout)."""
+    return snapshot.current(host).files.get(path)
 
 
 @operation()
-def put(content: bytes, dest: str, mode: str, batch: tuple[str, ...] = ()):
+def put(content: bytes, dest: str, mode: str):
     """
     `dest` holds `content` with `mode` (owner and group are left as they are, as files.put without user/group).
 
     + content: the file's bytes (read or rendered on the deploying machine)
     + dest: path on the host; its parent directory is created when missing
     + mode: octal mode, e.g. "644"
-    + batch: other paths whose state one command reads with this one (each put of a deploy passes the same
-      tuple): the first put of the batch reads them all, the rest reuse it
 
     **Example:**
 
@@ -37,7 +35,7 @@ def put(content: bytes, dest: str, mode: str, batch: tuple[str, ...] = ()):
 
         files.put(name="Install the udev rule", content=b"...", dest="/etc/udev/rules.d/71-x.rules", mode="644")
     """
-    current = state(host, dest, batch)
+    current = state(dest)
     if current is None or current.kind not in ("file", "absent"):
         yield refuse(f"{dest} exists and is not a regular file" if current else f"could not read the state of {dest}")
         return
@@ -45,7 +43,6 @@ def put(content: bytes, dest: str, mode: str, batch: tuple[str, ...] = ()):
     if same and current.mode == int(mode):
         host.noop(f"{dest} is up to date")
         return
-    memo.forget(host, FileStates)  # a later put of the batch reads the files again, after this one changed
     if not current.parent_dir:
         yield StringCommand("mkdir", "-p", QuoteString(dest.rsplit("/", 1)[0] or "/"))
     if not same:
@@ -54,14 +51,13 @@ def put(content: bytes, dest: str, mode: str, batch: tuple[str, ...] = ()):
 
 
 @operation()
-def directory(path: str, mode: str | None = None, user: str | None = None, batch: tuple[str, ...] = ()):
+def directory(path: str, mode: str | None = None, user: str | None = None):
     """
     `path` is a directory, with `mode` and owner `user` where given (as files.directory, not recursive).
 
     + path: directory on the host, created with its parents when missing
     + mode: octal mode, e.g. "755"; None leaves it
     + user: owner; None leaves it
-    + batch: as for put: paths whose state one command reads together
 
     **Example:**
 
@@ -69,7 +65,7 @@ def directory(path: str, mode: str | None = None, user: str | None = None, batch
 
         files.directory(name="Create the log directory", path="/var/log/gpu-llm", mode="755")
     """
-    current = state(host, path, batch)
+    current = state(path)
     if current is None or current.kind not in ("dir", "absent"):
         yield refuse(f"{path} exists and is not a directory" if current else f"could not read the state of {path}")
         return
@@ -78,7 +74,6 @@ def directory(path: str, mode: str | None = None, user: str | None = None, batch
     if not (current.kind == "absent" or wrong_mode or wrong_user):
         host.noop(f"directory {path} already exists")
         return
-    memo.forget(host, FileStates)
     if current.kind == "absent":
         yield StringCommand("mkdir", "-p", QuoteString(path))
     if wrong_mode:
@@ -87,22 +82,20 @@ def directory(path: str, mode: str | None = None, user: str | None = None, batch
         yield chown(path, user)
 
 
-
-def downloaded(dest: str, mode: str, batch: tuple[str, ...] = ()) -> bool:
+def downloaded(dest: str, mode: str) -> bool:
     """True, noting a noop, when `dest` is a file with `mode`: files.download never fetches an existing file again
-    (it only fixes the mode), so its File fact read can join `batch`'s one command."""
-    current = state(host, dest, batch)
+    (it only fixes the mode), so the snapshot's read of `dest` answers for its File fact."""
+    current = state(dest)
     if current is not None and current.kind == "file" and current.mode == int(mode):
         host.noop(f"file {dest} has already been downloaded")
         return True
-    memo.forget(host, FileStates)
     return False
 
 
 @operation()
-def download(src: str, dest: str, mode: str, setting: str, batch: tuple[str, ...] = ()):
+def download(src: str, dest: str, mode: str, setting: str):
     """
-    files.download(src=src, dest=dest, mode=mode), its check read with `batch`, a failed fetch naming `setting`.
+    files.download(src=src, dest=dest, mode=mode), its check read from the snapshot, a failed fetch naming `setting`.
 
     **Example:**
 
@@ -111,5 +104,5 @@ def download(src: str, dest: str, mode: str, setting: str, batch: tuple[str, ...
         files.download(name="Download the signing key", src=URL, dest="/etc/apt/keyrings/x.asc", mode="644",
                        setting="container_toolkit_repo_url")
     """
-    if not downloaded(dest, mode, batch):
+    if not downloaded(dest, mode):
         yield from download_naming_url(src, dest, setting, mode)

@@ -7,12 +7,12 @@ from dataclasses import dataclass
 from io import StringIO
 
 from pyinfra import host
-from pyinfra.api import FileUploadCommand, FunctionCommand, HiddenValue, QuoteString, StringCommand, operation
+from pyinfra.api import FileUploadCommand, FunctionCommand, HiddenValue, QuoteString, StringCommand
 
-from gpu_llm.facts import memo
-from gpu_llm.facts.files import FileStates
-from gpu_llm.facts.model import VENV_MARKER, ModelSnapshot, SnapshotState, VenvMarker
+from gpu_llm.facts import snapshot
+from gpu_llm.facts.model import VENV_MARKER, SnapshotState
 from gpu_llm.operations import files as gpu_files
+from gpu_llm.operations import operation
 
 
 @dataclass(frozen=True)
@@ -66,7 +66,7 @@ def start_command(d: Download) -> StringCommand:
 
 
 def _report(state, host, d: Download) -> bool:  # noqa: ANN001 (pyinfra passes its State and Host)
-    snap: SnapshotState = host.get_fact(ModelSnapshot, model_dir=d.model_dir, unit=d.unit)
+    snap: SnapshotState = snapshot.fresh(host).model
     host.log(f"model {d.repo} at {snap.commit} (revision {d.revision}) complete in {d.model_dir}")
     return True
 
@@ -74,11 +74,10 @@ def _report(state, host, d: Download) -> bool:  # noqa: ANN001 (pyinfra passes i
 @operation()
 def download_started(d: Download):
     """Start the background download unless the snapshot is complete or the unit already runs."""
-    snap: SnapshotState = memo.fact(host, ModelSnapshot, model_dir=d.model_dir, unit=d.unit)
+    snap: SnapshotState = snapshot.current(host).model
     if not snap.problems(d.repo, d.revision):  # complete stays complete: download_joined reuses this read
         host.noop(f"model {d.repo} at {snap.commit} complete in {d.model_dir}")
         return
-    memo.forget(host, ModelSnapshot)  # a download is under way: download_joined reads the snapshot again
     if snap.running:
         host.noop(f"download of {d.repo}@{d.revision} already running ({d.unit}, log {d.log_file})")
     else:
@@ -91,7 +90,7 @@ def download_joined(d: Download):
 
     Fails with the tail of the download log when the snapshot is still incomplete.
     """
-    snap: SnapshotState = memo.fact(host, ModelSnapshot, model_dir=d.model_dir, unit=d.unit)
+    snap: SnapshotState = snapshot.current(host).model
     if not snap.problems(d.repo, d.revision):
         host.noop(f"model {d.repo} at {snap.commit} complete in {d.model_dir}")
         return
@@ -109,7 +108,7 @@ def hf_venv(path: str, requirements: list[str], pip_args: list[str]):
     listing what was installed (written after pip succeeded) makes re-runs a noop.
     """
     wanted = "\n".join([*requirements, *(f"pip-arg {a}" for a in pip_args)])
-    if host.get_fact(VenvMarker, venv=path) == wanted:
+    if snapshot.current(host).venv_marker == wanted:
         host.noop(f"venv {path} has {', '.join(requirements)}")
         return
     pip = f"{path}/bin/pip"
@@ -119,19 +118,18 @@ def hf_venv(path: str, requirements: list[str], pip_args: list[str]):
     yield StringCommand("printf", QuoteString("%s\\n"), QuoteString(wanted), ">", QuoteString(f"{path}/{VENV_MARKER}"))
 
 
-def secret_file_commands(path: str, raw: str, user: str, batch: tuple[str, ...] = ()):
+def secret_file_commands(path: str, raw: str, user: str):
     """Commands making `path` a 0600 file of `user` holding `raw`; none when it already is.
 
     Not files.put: that prints file contents under --diff. The file is created empty with 0600 first, so
     the upload (which truncates and keeps the mode) never leaves the secret readable by others.
     """
-    current = gpu_files.state(host, path, batch)  # with `batch`: see gpu_llm.operations.files
+    current = gpu_files.state(path)
     digest = hashlib.sha256(raw.encode()).hexdigest()
     same = current is not None and current.kind == "file" and current.sha256 == digest
     if same and current.mode == 600 and current.user == user:
         host.noop(f"{path} holds the secret (0600, {user})")
         return
-    memo.forget(host, FileStates)
     yield StringCommand("(", "umask", "077", "&&", "touch", QuoteString(path), ")", "&&",
                         "chmod", "600", QuoteString(path), "&&", "chown", QuoteString(user), QuoteString(path))
     if not same:
@@ -139,14 +137,11 @@ def secret_file_commands(path: str, raw: str, user: str, batch: tuple[str, ...] 
 
 
 @operation()
-def secret_file(path: str, content: HiddenValue | None, user: str = "root", batch: tuple[str, ...] = ()):
-    """A file only `user` can read (0600) holding `content` (a pyinfra HiddenValue); None removes it.
-
-    `batch`: paths whose state is read with this one (gpu_llm.operations.files)."""
+def secret_file(path: str, content: HiddenValue | None, user: str = "root"):
+    """A file only `user` can read (0600) holding `content` (a pyinfra HiddenValue); None removes it."""
     if content is not None:
-        yield from secret_file_commands(path, content.unmask(), user, batch)
-    elif (current := gpu_files.state(host, path, batch)) is not None and current.kind == "file":
-        memo.forget(host, FileStates)
+        yield from secret_file_commands(path, content.unmask(), user)
+    elif (current := gpu_files.state(path)) is not None and current.kind == "file":
         yield StringCommand("rm", "-f", QuoteString(path))
     else:
         host.noop(f"{path} absent")

@@ -5,26 +5,22 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from pyinfra import host
-from pyinfra.api import StringCommand, operation
-from pyinfra.facts.deb import DebPackages
-from pyinfra.facts.server import LinuxDistribution
+from pyinfra.api import StringCommand
 from pyinfra.operations import apt, server
 
-from gpu_llm.facts import memo
-from gpu_llm.facts.nvidia import DriverState, NvidiaDriver
-from gpu_llm.operations import download_naming_url, packages, refuse, warn
+from gpu_llm.facts import snapshot
+from gpu_llm.facts.nvidia import DriverState
+from gpu_llm.layout import CUDA_REPO_DIRS, STATE_DIR, cuda_source, keyring_deb
+from gpu_llm.operations import download_naming_url, operation, packages, refuse, warn
 from gpu_llm.operations import files as gpu_files
 
 CUDA_KEYRING = "/usr/share/keyrings/cuda-archive-keyring.gpg"  # installed by the cuda-keyring package
-STATE_DIR = "/var/lib/gpu-llm"
-# NVIDIA's repository directory per distro (developer.download.nvidia.com/compute/cuda/repos/<dir>/x86_64/).
 # Metapackages that pull whichever flavour is newest; next to ours at the same version they are no conflict.
 NEUTRAL_METAPACKAGES = ("nvidia-open", "cuda-drivers")
-CUDA_REPO_DIRS = {"ubuntu-24.04": "ubuntu2404", "ubuntu-22.04": "ubuntu2204", "debian-12": "debian12"}
 
 
 def distro_id(distro: dict) -> str:
-    """LinuxDistribution fact -> "ubuntu-24.04"."""
+    """pyinfra's LinuxDistribution shape (HostState.distro) -> "ubuntu-24.04"."""
     meta = distro.get("release_meta") or {}
     return f"{meta.get('ID', '')}-{meta.get('VERSION_ID', '')}".lower()
 
@@ -105,14 +101,14 @@ def decide_driver(state: DriverState, spec: DriverSpec, replace: bool, required_
 
 def host_driver_spec(branch: str, version: str, open_modules: bool) -> DriverSpec:
     """driver_spec for the distro of the host being operated on."""
-    return driver_spec(distro_id(memo.fact(host, LinuxDistribution)), branch, version, open_modules)
+    return driver_spec(distro_id(snapshot.current(host).distro), branch, version, open_modules)
 
 
 def host_driver_decision(branch: str, version: str, open_modules: bool, replace: bool,
                          required_cuda: str | None) -> DriverDecision:
-    """decide_driver for the host being operated on, from its (memoised) driver state."""
+    """decide_driver for the host being operated on, from its snapshot."""
     spec = host_driver_spec(branch, version, open_modules)
-    return decide_driver(memo.fact(host, NvidiaDriver), spec, replace, required_cuda)
+    return decide_driver(snapshot.current(host).driver, spec, replace, required_cuda)
 
 
 def keeps_foreign_driver(branch: str, version: str, open_modules: bool, replace: bool,
@@ -139,19 +135,13 @@ def _install_command(state: DriverState, spec: DriverSpec, replacing: bool) -> S
     return StringCommand(*parts)
 
 
-def keyring_deb(keyring_version: str) -> str:
-    """Where cuda_repo keeps the cuda-keyring .deb it installs."""
-    return f"{STATE_DIR}/cuda-keyring_{keyring_version}_all.deb"
-
-
 @operation()
-def cuda_repo(base_url: str, keyring_version: str, batch: tuple[str, ...] = ()):
+def cuda_repo(base_url: str, keyring_version: str):
     """
     Add NVIDIA's CUDA apt repository for the host's distro: cuda-keyring .deb (the signing key) + the source line.
 
     + base_url: NVIDIA's repository root, e.g. https://developer.download.nvidia.com/compute/cuda/repos
     + keyring_version: cuda-keyring package version, e.g. "1.1-1"
-    + batch: paths whose state is read with STATE_DIR and the .deb (gpu_llm.operations.files)
 
     **Example:**
 
@@ -159,24 +149,24 @@ def cuda_repo(base_url: str, keyring_version: str, batch: tuple[str, ...] = ()):
 
         nvidia.cuda_repo(name="Add NVIDIA's CUDA repository", base_url=URL, keyring_version="1.1-1")
     """
-    repo_dir = cuda_repo_dir(memo.fact(host, LinuxDistribution))
+    distro = snapshot.current(host).distro
+    repo_dir = cuda_repo_dir(distro)
     if repo_dir is None:
-        yield refuse(f"NVIDIA's CUDA repository has no directory for {distro_id(memo.fact(host, LinuxDistribution))}"
+        yield refuse(f"NVIDIA's CUDA repository has no directory for {distro_id(distro)}"
                      f" (known: {', '.join(CUDA_REPO_DIRS)})")
         return
     url = f"{base_url.rstrip('/')}/{repo_dir}/x86_64"
     deb = keyring_deb(keyring_version)
-    batch = (*batch, STATE_DIR, deb)
-    yield from gpu_files.directory._inner(path=STATE_DIR, mode="755", batch=batch)
+    yield from gpu_files.directory._inner(path=STATE_DIR, mode="755")
     # download then install from the path: apt.deb(src=URL) re-downloads to a name without .deb and is never a noop
-    if not gpu_files.downloaded(deb, "644", batch=batch):
+    if not gpu_files.downloaded(deb, "644"):
         yield from download_naming_url(f"{url}/cuda-keyring_{keyring_version}_all.deb", deb, "nvidia_cuda_repo_url")
     # apt.deb's own check (the .deb's name and version installed), from the name and version in the file's name
-    if keyring_version in memo.fact(host, DebPackages).get("cuda-keyring", ()):
+    if keyring_version in snapshot.current(host).packages.get("cuda-keyring", ()):
         host.noop(f"deb {deb} is installed")
     else:
-        yield from packages.forgetting_apt_state(apt.deb._inner(src=deb))  # the keyring package adds a source
-    yield from packages.repo._inner(src=f"deb [signed-by={CUDA_KEYRING}] {url}/ /", filename=f"cuda-{repo_dir}-x86_64")
+        yield from apt.deb._inner(src=deb)  # the keyring package adds a source
+    yield from packages.repo._inner(src=f"deb [signed-by={CUDA_KEYRING}] {url}/ /", filename=cuda_source(repo_dir))
 
 
 @operation()
@@ -219,7 +209,7 @@ def driver(branch: str, version: str, open_modules: bool = True, replace: bool =
         nvidia.driver(name="Install NVIDIA driver 570.153.02", branch="570", version="570.153.02")
     """
     spec = host_driver_spec(branch, version, open_modules)
-    state = memo.fact(host, NvidiaDriver)
+    state = snapshot.current(host).driver
     decision = decide_driver(state, spec, replace, required_cuda)
     if decision.kind in ("conflict", "foreign-too-old"):
         yield refuse(decision.detail)
@@ -238,13 +228,10 @@ def driver(branch: str, version: str, open_modules: bool = True, replace: bool =
             warn(host, f"linux-headers-{state.kernel} is not in apt: DKMS cannot build the driver for the running "
                        "kernel; boot a distro kernel")
         yield _install_command(state, spec, replacing=decision.kind == "replace")
-        memo.forget(host, NvidiaDriver)
-        packages.forget_apt_state()
-        state = memo.fact(host, NvidiaDriver)  # read after the install ran (execution time)
+        state = snapshot.fresh(host).driver  # read after the install ran (execution time)
     to_hold = holds_missing(state, spec)
     if to_hold:
         yield StringCommand("apt-mark", "hold", *to_hold)
-        memo.forget(host, NvidiaDriver)
     elif decision.kind == "ok":
         host.noop(decision.detail + " and held")
 
@@ -283,7 +270,7 @@ def reboot_for_driver(branch: str, version: str, open_modules: bool = True, rebo
         nvidia.reboot_for_driver(name="Reboot into the new NVIDIA driver", branch="570", version="570.153.02")
     """
     spec = host_driver_spec(branch, version, open_modules)
-    reason = reboot_reason(memo.fact(host, NvidiaDriver), spec)
+    reason = reboot_reason(snapshot.current(host).driver, spec)
     if reason is None:
         host.noop("the running NVIDIA kernel module matches the installed driver (or none is needed yet)")
         return
@@ -291,7 +278,6 @@ def reboot_for_driver(branch: str, version: str, open_modules: bool = True, rebo
         yield refuse(f"reboot needed: {reason}; reboot the host and run again (nvidia_driver_reboot is false)")
         return
     yield from server.reboot._inner(delay=10, interval=2, reboot_timeout=reboot_timeout)
-    memo.forget_all(host)
-    after = reboot_reason(memo.fact(host, NvidiaDriver), spec)
+    after = reboot_reason(snapshot.fresh(host).driver, spec)
     if after is not None:
         yield refuse(f"rebooted, but {after}; check `dkms status` and `journalctl -k` for module build errors")

@@ -1,22 +1,22 @@
-"""apt packages and sources like pyinfra's apt.packages / apt.repo, but the installed packages and the sources are
-read once per host and run (pyinfra reads them again in every operation); our ops that change them forget them."""
+"""apt packages, sources and list refreshes like pyinfra's apt.packages / apt.repo / apt.update, but the installed
+packages and our source files come from the host snapshot (pyinfra reads `dpkg -l` and every source file again in
+each operation)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 from pyinfra import host
-from pyinfra.api import operation
-from pyinfra.facts.apt import AptSources, noninteractive_apt, parse_apt_repo
-from pyinfra.facts.deb import DebPackages
+from pyinfra.api import StringCommand
+from pyinfra.facts.apt import noninteractive_apt
 from pyinfra.operations import files
 from pyinfra.operations.util.packaging import ensure_packages
 
-from gpu_llm.facts import memo
+from gpu_llm.facts import snapshot
+from gpu_llm.operations import operation
 
 # Seconds apt waits for dpkg's lock (unattended-upgrades on a fresh cloud host, an apt cut off by a dropped session)
 # before failing; apt's own default is to fail at once.
 APT_LOCK_TIMEOUT_S = 600
+SOURCES_DIR = "/etc/apt/sources.list.d"
 
 
 def apt_get(command: str) -> str:
@@ -24,12 +24,17 @@ def apt_get(command: str) -> str:
     return noninteractive_apt(command).replace("apt-get -y", f"apt-get -y -o DPkg::Lock::Timeout={APT_LOCK_TIMEOUT_S}", 1)
 
 
+def source_file(filename: str) -> str:
+    """Where packages.repo writes source `filename` (the snapshot reads these files: gpu_llm.layout)."""
+    return f"{SOURCES_DIR}/{filename}.list"
+
+
 @operation()
 def packages(packages: list[str]):
     """
     Install apt `packages` that are missing (apt.packages(packages=...) with its defaults).
 
-    + packages: package names, "name=version" for an exact version
+    + packages: package names, "name=version" for an exact version; each name must be in the snapshot's probe
 
     **Example:**
 
@@ -37,13 +42,10 @@ def packages(packages: list[str]):
 
         packages.packages(name="Install python3-venv", packages=["python3-venv"])
     """
-    commands = list(ensure_packages(host, packages, memo.fact(host, DebPackages), True,
-                                    install_command=apt_get("install"),
-                                    uninstall_command=apt_get("remove"),
-                                    upgrade_command=apt_get("install"), version_join="="))
-    if commands:
-        forget_apt_state()
-    yield from commands
+    yield from ensure_packages(host, packages, snapshot.current(host).packages, True,
+                               install_command=apt_get("install"),
+                               uninstall_command=apt_get("remove"),
+                               upgrade_command=apt_get("install"), version_join="=")
 
 
 @operation()
@@ -60,23 +62,22 @@ def repo(src: str, filename: str):
 
         packages.repo(name="Add a repository", src="deb [signed-by=/k.asc] https://example.org/deb /", filename="x")
     """
-    wanted = parse_apt_repo(src)
-    if wanted and wanted in memo.fact(host, AptSources):
-        host.noop(f'apt repo "{src}" exists')
+    path = source_file(filename)
+    if src.strip() in snapshot.current(host).sources.get(path, []):
+        host.noop(f'apt repo "{src}" exists in {path}')
         return
-    memo.forget(host, AptSources)
-    yield from files.line._inner(path=f"/etc/apt/sources.list.d/{filename}.list", line=src,
-                                 escape_regex_characters=True)
+    yield from files.line._inner(path=path, line=src, escape_regex_characters=True)
 
 
-def forget_apt_state() -> None:
-    """An apt or dpkg command of ours is about to run: installed packages and sources may change."""
-    memo.forget(host, DebPackages)
-    memo.forget(host, AptSources)
+@operation()
+def update():
+    """
+    Refresh apt's package lists (apt-get update), waiting for dpkg's lock like our installs.
 
+    **Example:**
 
-def forgetting_apt_state(commands: Iterator) -> Iterator:
-    """Pass on the commands of a pyinfra apt operation, forgetting what they may change before the first runs."""
-    for command in commands:
-        forget_apt_state()
-        yield command
+    .. code:: python
+
+        packages.update(name="Refresh apt lists", _if=repo.did_change)
+    """
+    yield StringCommand(apt_get("update"))

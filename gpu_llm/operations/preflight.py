@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 from pyinfra import host
-from pyinfra.api import StringCommand, operation
+from pyinfra.api import StringCommand
 
-from gpu_llm.facts import memo
-from gpu_llm.facts.host import HostPreflight, Preflight
-from gpu_llm.operations import packages, refuse
+from gpu_llm.facts import snapshot
+from gpu_llm.facts.host import HostPreflight
+from gpu_llm.operations import operation, refuse
 
 SUPPORTED_ARCH = "x86_64"
 KIB_PER_GIB = 1024 * 1024
@@ -44,12 +44,12 @@ def summary(info: HostPreflight, required_gib: float) -> str:
 
 
 @operation()
-def check(path: str, supported_os: list[str], required_gib: float, require_gpu: bool = True,
+def check(supported_os: list[str], required_gib: float, require_gpu: bool = True,
           gpus_needed: tuple[int, str] = (1, "")):
     """
     Refuse the host (failing this operation, changing nothing) unless it can run gpu-llm.
 
-    + path: where the model goes; free space is checked on its nearest existing parent's filesystem
+    Free space is checked on the filesystem of the model directory's nearest existing parent (the snapshot's probe).
     + supported_os: allowed ID-VERSION_ID values of /etc/os-release, e.g. ["ubuntu-24.04"]
     + required_gib: free GiB needed there (model + image)
     + require_gpu: refuse when no NVIDIA GPU is on the PCI bus
@@ -59,10 +59,9 @@ def check(path: str, supported_os: list[str], required_gib: float, require_gpu: 
 
     .. code:: python
 
-        preflight.check(name="Check the host can run gpu-llm", path="/srv/model",
-                        supported_os=["ubuntu-24.04"], required_gib=44)
+        preflight.check(name="Check the host can run gpu-llm", supported_os=["ubuntu-24.04"], required_gib=44)
     """
-    info = memo.fact(host, Preflight, path=path)
+    info = snapshot.current(host).preflight
     found = problems(info, supported_os, required_gib, require_gpu, gpus_needed)
     if found:
         yield refuse("preflight failed: " + "; ".join(found))
@@ -71,22 +70,19 @@ def check(path: str, supported_os: list[str], required_gib: float, require_gpu: 
 
 
 @operation()
-def dpkg_finished(path: str):
+def dpkg_finished():
     """
     Finish a dpkg run that was cut off (a dropped SSH session or a reboot mid-install) with
     ``dpkg --configure -a``, keeping the host's own config files; apt refuses every install until then.
-
-    + path: the path preflight.check was given (its fact holds dpkg's state too)
 
     **Example:**
 
     .. code:: python
 
-        preflight.dpkg_finished(name="Finish an interrupted dpkg run", path="/srv/model")
+        preflight.dpkg_finished(name="Finish an interrupted dpkg run")
     """
-    if not memo.fact(host, Preflight, path=path).dpkg_interrupted:
+    if not snapshot.current(host).preflight.dpkg_interrupted:
         host.noop("no interrupted dpkg run to finish")
         return
-    packages.forget_apt_state()
     yield StringCommand("DEBIAN_FRONTEND=noninteractive", "dpkg", "--configure", "-a",
                         "--force-confdef", "--force-confold")

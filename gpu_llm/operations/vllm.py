@@ -11,16 +11,14 @@ from collections.abc import Callable
 from typing import Any
 
 from pyinfra import host, state
-from pyinfra.api import QuoteString, StringCommand, operation
-from pyinfra.facts.docker import DockerContainers
+from pyinfra.api import QuoteString, StringCommand
 
-from gpu_llm.facts import memo
+from gpu_llm.facts import snapshot
 from gpu_llm.facts.container import VllmVerdict
-from gpu_llm.facts.files import FileStates
-from gpu_llm.facts.gpu import NvidiaGpus
 from gpu_llm.operations import files as gpu_files
+from gpu_llm.operations import operation
 from gpu_llm.operations.model import secret_file_commands
-from gpu_llm.plan import InstancePlan, PlanError, plan_instances
+from gpu_llm.plan import InstancePlan, PlanError, ServeConfig, env_file_path, plan_instances
 from gpu_llm.plan.container import MANAGED_LABEL, SPEC_LABEL, container_spec, docker_run_args, spec_hash
 
 
@@ -28,22 +26,18 @@ class NotPlannable(Exception):
     """The instances cannot be planned: GPUs not readable (no driver, reboot pending) or a PlanError."""
 
 
-def env_file_path(config_dir: str, name: str) -> str:
-    return f"{config_dir}/{name}.env"
-
-
 def fail(message: str) -> StringCommand:
     """A command that fails the operation with `message` (cleaner than a traceback from raising in the op)."""
     return StringCommand("echo", QuoteString(message), ">&2", ";", "exit", "1")
 
 
-def host_plans(settings: Any) -> list[InstancePlan]:
+def host_plans(config: ServeConfig) -> list[InstancePlan]:
     """Plan the instances for the GPUs the host reports now; NotPlannable says why not (naming the setting)."""
-    inventory = memo.fact(host, NvidiaGpus)  # GPUs do not change between the containers and their check
+    inventory = snapshot.current(host).gpus
     if inventory.smi != "ok" or not inventory.gpus:
         raise NotPlannable(f"cannot plan vLLM instances: nvidia-smi state {inventory.smi} {inventory.message}".strip())
     try:
-        return plan_instances(inventory.gpus, settings)
+        return plan_instances(inventory.gpus, config)
     except PlanError as exc:
         raise NotPlannable(f"{exc.key}: {exc}") from exc
 
@@ -77,24 +71,23 @@ def stale_containers(containers: list[dict[str, Any]] | None, wanted: set[str]) 
 
 
 @operation()
-def instances(settings: Any, template_sha256: str, api_key: Any = None,
-              template_restored: Callable[[], bool] = lambda: False, batch: tuple[str, ...] = ()):
+def instances(config: ServeConfig, template_sha256: str, api_key: Any = None,
+              template_restored: Callable[[], bool] = lambda: False):
     """Every planned vLLM instance runs its current spec; instances no longer planned are removed.
 
-    + settings: gpu_llm.settings.Settings of the host
+    + config: the host's plan input (gpu_llm.plan.ServeConfig.from_settings of its settings)
     + template_sha256: sha256 of the chat template's content (part of the spec: editing it recreates)
     + api_key: pyinfra HiddenValue with the API key, or None (then the port is bound to 127.0.0.1)
     + template_restored: called at execution; True recreates containers even with an unchanged spec
-    + batch: paths whose state is read with the env files' (gpu_llm.operations.files)
     """
     try:
-        plans = host_plans(settings)
+        plans = host_plans(config)
     except NotPlannable as exc:  # while predicting changes this only says "will change"; executing, it fails
         yield fail(str(exc))
         return
     raw_key = api_key.unmask() if api_key is not None else None
     key_digest = hashlib.sha256(raw_key.encode()).hexdigest() if raw_key else None
-    containers = host.get_fact(DockerContainers)
+    containers = snapshot.current(host).containers
     current = _by_name(containers)
     force = template_restored()
 
@@ -102,18 +95,17 @@ def instances(settings: Any, template_sha256: str, api_key: Any = None,
     for name in stale_containers(containers, {p.container_name for p in plans}):
         host.log(f"container {name}: removed, no longer configured")
         yield StringCommand("docker", "rm", "-f", QuoteString(name))
-        yield StringCommand("rm", "-f", QuoteString(env_file_path(settings.vllm_config_dir, name)))
+        yield StringCommand("rm", "-f", QuoteString(env_file_path(config.vllm_config_dir, name)))
 
     for plan in plans:
         for warning in plan.warnings:
             host.log(f"{plan.container_name}: {warning}")
-        env_file = env_file_path(settings.vllm_config_dir, plan.container_name)
+        env_file = env_file_path(config.vllm_config_dir, plan.container_name)
         if raw_key:
-            yield from secret_file_commands(env_file, f"VLLM_API_KEY={raw_key}\n", "root", batch)
-        elif (env_state := gpu_files.state(host, env_file, batch)) is not None and env_state.kind == "file":
-            memo.forget(host, FileStates)
+            yield from secret_file_commands(env_file, f"VLLM_API_KEY={raw_key}\n", "root")
+        elif (env_state := gpu_files.state(env_file)) is not None and env_state.kind == "file":
             yield StringCommand("rm", "-f", QuoteString(env_file))
-        spec = container_spec(plan, settings, template_sha256, api_key_sha256=key_digest, env_file=env_file)
+        spec = container_spec(plan, template_sha256, api_key_sha256=key_digest)
         wanted = spec_hash(spec)
         why = container_decision(current.get(plan.container_name), wanted, force)
         if why is None:
@@ -130,8 +122,8 @@ def instances(settings: Any, template_sha256: str, api_key: Any = None,
 
 
 @operation(is_idempotent=False)
-def verified(settings: Any, python: str, script: str):
-    """Each instance answers /health (within vllm_health_timeout) and, with vllm_smoke_test, one chat completion.
+def verified(config: ServeConfig, python: str, script: str, health_timeout: int, smoke_test: bool):
+    """Each instance answers /health (within health_timeout seconds) and, with smoke_test, one chat completion.
 
     Runs every time, but as a fact: a passing check yields no command, so it never counts as a change; a failing
     one yields a command that fails with verify.py's message.
@@ -139,18 +131,15 @@ def verified(settings: Any, python: str, script: str):
     if not state.is_executing:  # predicting changes: a check is not one, and must not wait for /health now
         return
     try:
-        plans = host_plans(settings)
+        plans = host_plans(config)
     except NotPlannable as exc:
         yield fail(str(exc))
         return
     failures = []
     for plan in plans:
-        env_file = env_file_path(settings.vllm_config_dir, plan.container_name)
         verdict = host.get_fact(
             VllmVerdict, python=python, script=script, url=f"http://127.0.0.1:{plan.port}",
-            model=plan.served_model_name, timeout_s=settings.vllm_health_timeout,
-            smoke_test=settings.vllm_smoke_test,
-            env_file=env_file if (settings.vllm_api_key or settings.vllm_api_key_file) else None,
+            model=plan.served_model_name, timeout_s=health_timeout, smoke_test=smoke_test, env_file=plan.env_file,
             container=plan.container_name,
         )
         if verdict is not None and verdict.ok:

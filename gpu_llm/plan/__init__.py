@@ -1,4 +1,4 @@
-"""Pure serving planner: GPUs + settings -> vLLM instances (image, arguments, env, capacity)."""
+"""Pure serving planner: GPUs + ServeConfig -> vLLM instances (image, arguments, env, capacity, container)."""
 
 from __future__ import annotations
 
@@ -7,12 +7,24 @@ from typing import Any
 
 from gpu_llm.plan import capacity as _capacity
 from gpu_llm.plan import compat, versions
+from gpu_llm.plan.config import (
+    CONTAINER_MODEL_ROOT,
+    CONTAINER_PORT,
+    CONTAINER_TEMPLATE_DIR,
+    InstanceConfig,
+    Mount,
+    ServeConfig,
+    env_file_path,
+    template_host_path,
+)
 from gpu_llm.plan.types import GPU, QWEN3_32B_AWQ, Capacity
+from gpu_llm.plan.versions import Release
 
-# In-container paths (host paths are mounted here).
-CONTAINER_MODEL_ROOT = "/model"
-CONTAINER_TEMPLATE_DIR = "/app"
-CONTAINER_PORT = 8000
+__all__ = [
+    "CONTAINER_MODEL_ROOT", "CONTAINER_PORT", "CONTAINER_TEMPLATE_DIR", "PROFILES", "InstanceConfig", "InstancePlan",
+    "Mount", "PlanError", "ServeConfig", "env_file_path", "gpus_needed", "plan_instances", "required_cuda",
+    "template_host_path",
+]
 
 
 class PlanError(ValueError):
@@ -37,18 +49,15 @@ PROFILES: dict[str, dict[str, Any]] = {
 }
 # Cards with less than this much memory get the smaller activation budget in the auto profile.
 _SMALL_GPU_MIB = 40 * 1024
-# vLLM's --dtype default for an AWQ checkpoint is float16; bf16 needs CC >= 8.0 (Ampere).
-_BF16_MIN_CC = 8.0
-_AWQ_MIN_CC = compat.AWQ_MIN_CC
-_MARLIN_MIN_CC = compat.MARLIN_MIN_CC
 
 
 @dataclass
 class InstancePlan:
-    """One vLLM container: what it runs and what it can hold."""
+    """One vLLM container: what it runs, what it can hold, and everything its docker spec is made of
+    (gpu_llm.plan.container.container_spec needs nothing else)."""
 
     container_name: str
-    port: int
+    port: int  # host port
     gpu_indices: list[int]
     served_model_name: str
     image: str
@@ -57,34 +66,47 @@ class InstancePlan:
     vllm_args: list[str]
     env: dict[str, str]
     capacity: Capacity
+    model_mount: Mount  # model_dir -> /model/<its basename> (what --model names)
+    template_mount: Mount  # <vllm_config_dir>/<template> -> /app/<template> (what --chat-template names)
+    container_port: int  # the API port inside the container
+    bind: str  # host address the port is published on when the container has an API key (else 127.0.0.1)
+    env_file: str | None  # host path of the 0600 env file with the API key; None without a key
+    gpus_request: str  # docker --gpus value: "all", or '"device=0,1"' for an instance of vllm_instances
+    ulimits: dict[str, str]
+    restart_policy: str
+    cpuset_cpus: str | None
     warnings: list[str] = field(default_factory=list)
 
 
-def plan_instances(gpus: list[GPU], settings: Any, *, driver_version: str | None = None) -> list[InstancePlan]:
+def plan_instances(gpus: list[GPU], config: ServeConfig, *, driver_version: str | None = None) -> list[InstancePlan]:
     """Plan every configured vLLM instance on a host with these GPUs."""
     if not gpus:
         raise PlanError("preflight_require_gpu", "no NVIDIA GPU is visible, so there is nothing to plan for")
+    unknown = [g.index for g in gpus if g.compute_capability == (0, 0)]
+    if unknown:
+        raise PlanError("preflight_require_gpu", f"compute capability of GPU(s) {unknown} unknown (no NVIDIA driver "
+                        "loaded yet): cannot plan vLLM instances for them")
     by_index = {g.index: g for g in gpus}
-    driver = driver_version or gpus[0].driver_version or settings.nvidia_driver_version
+    driver = driver_version or gpus[0].driver_version or config.nvidia_driver_version
     plans = []
-    for inst in _instances(settings, gpus):
-        missing = [i for i in inst["gpus"] if i not in by_index]
+    for inst in _instances(config, gpus):
+        missing = [i for i in inst.gpus if i not in by_index]
         if missing:
-            raise PlanError("vllm_instances", f"vllm_instances: instance {inst['name']!r} asks for GPU(s) {missing}, "
+            raise PlanError("vllm_instances", f"vllm_instances: instance {inst.name!r} asks for GPU(s) {missing}, "
                             f"but the host has GPUs {sorted(by_index)}")
-        plans.append(_plan_one(inst, [by_index[i] for i in inst["gpus"]], settings, driver))
+        plans.append(_plan_one(inst, [by_index[i] for i in inst.gpus], config, driver))
     return plans
 
 
-def _instances(settings: Any, gpus: list[GPU]) -> list[dict[str, Any]]:
-    if settings.vllm_instances is None:
-        return [{"name": settings.vllm_container_name, "port": settings.vllm_port,
-                 "gpus": [g.index for g in gpus], "served_model_name": settings.vllm_served_model_name}]
-    return [{"served_model_name": settings.vllm_served_model_name, **item} for item in settings.vllm_instances]
+def _instances(config: ServeConfig, gpus: list[GPU]) -> tuple[InstanceConfig, ...]:
+    """The configured instances: vllm_instances, or one with every GPU."""
+    if config.vllm_instances is None:
+        return (InstanceConfig(config.vllm_container_name, config.vllm_port, tuple(g.index for g in gpus)),)
+    return config.vllm_instances
 
 
-def _tensor_parallel(settings: Any, count: int, warnings: list[str]) -> int:
-    tp = settings.vllm_tensor_parallel_size
+def _tensor_parallel(config: ServeConfig, count: int, warnings: list[str]) -> int:
+    tp = config.vllm_tensor_parallel_size
     if tp == "auto":
         # TP = GPU count (vLLM docs, "Distributed inference": TP across the GPUs of one node) when it
         # divides the model's heads; otherwise the largest size that does.
@@ -100,55 +122,69 @@ def _tensor_parallel(settings: Any, count: int, warnings: list[str]) -> int:
     return tp
 
 
-def _image(settings: Any, driver: str, min_cc: float) -> tuple[str, Any]:
-    if settings.vllm_image == "auto":
+def _image(vllm_image: str, vllm_version: str | None, driver: str, min_cc: float) -> tuple[str, Release]:
+    if vllm_image == "auto":
         rel = versions.newest_release_for(versions.cuda_for_driver(driver), min_cc)
         return f"vllm/vllm-openai:v{rel.version}", rel
     try:
-        version = versions.version_of_image(settings.vllm_image, settings.vllm_version)
-        return settings.vllm_image, versions.release(version)
+        version = versions.version_of_image(vllm_image, vllm_version)
+        return vllm_image, versions.release(version)
     except ValueError as exc:
         raise PlanError("vllm_image", str(exc)) from None
 
 
-def _plan_one(inst: dict[str, Any], gpus: list[GPU], s: Any, driver: str) -> InstancePlan:
-    warnings: list[str] = []
-    min_cc = min(g.cc for g in gpus)
-    image, rel = _image(s, driver, min_cc)
-    tp = _tensor_parallel(s, len(gpus), warnings)
-    gpus = gpus[:tp]
-    prof = dict(PROFILES[s.vllm_profile if s.vllm_profile != "auto" else "auto"])
-    if s.vllm_profile == "auto" and min(g.memory_mib for g in gpus) < _SMALL_GPU_MIB:
+def _profile(config: ServeConfig, gpus: list[GPU]) -> dict[str, Any]:
+    """The profile's engine values, with every explicitly set one in their place."""
+    prof = dict(PROFILES[config.vllm_profile])
+    if config.vllm_profile == "auto" and min(g.memory_mib for g in gpus) < _SMALL_GPU_MIB:
         prof["max_num_batched_tokens"] = 4096
-    for key in prof:  # explicit settings win over the profile
-        value = getattr(s, "vllm_" + key)
-        if value is not None:
-            prof[key] = value
+    explicit = {
+        "gpu_memory_utilization": config.vllm_gpu_memory_utilization,
+        "max_num_batched_tokens": config.vllm_max_num_batched_tokens,
+        "block_size": config.vllm_block_size,
+        "enable_chunked_prefill": config.vllm_enable_chunked_prefill,
+        "enable_prefix_caching": config.vllm_enable_prefix_caching,
+        "max_num_seqs": config.vllm_max_num_seqs,
+    }
+    assert explicit.keys() == prof.keys()
+    prof.update({key: value for key, value in explicit.items() if value is not None})
+    return prof
 
-    dtype = _dtype(s, min_cc)
-    quant = _quantization(s, rel, min_cc, warnings)
+
+def _plan_one(inst: InstanceConfig, gpus: list[GPU], c: ServeConfig, driver: str) -> InstancePlan:
+    warnings: list[str] = []
+    tp = _tensor_parallel(c, len(gpus), warnings)
+    # Image, dtype and kernel fit the weakest of every GPU the instance is given (with --gpus all the container
+    # sees them all); memory and interconnect are those of the `tp` GPUs its engine runs on.
+    min_cc = min(g.cc for g in gpus)
+    image, rel = _image(c.vllm_image, c.vllm_version, driver, min_cc)
+    dtype = c.vllm_dtype if c.vllm_dtype != "auto" else compat.auto_dtype(min_cc, c.vllm_kv_cache_dtype)
+    quant = c.vllm_quantization if c.vllm_quantization != "auto" else compat.auto_quantization(min_cc)
+    # quantization None: vLLM upgrades the AWQ checkpoint to awq_marlin where it can
     result = compat.check(rel, gpus, driver_version=driver, dtype=dtype or "float16",
-                          kv_cache_dtype=s.vllm_kv_cache_dtype, quantization=quant or "awq_marlin")
+                          kv_cache_dtype=c.vllm_kv_cache_dtype, quantization=quant or "awq_marlin")
     if result.errors:
-        raise PlanError(_compat_key(result.errors[0]), "; ".join(result.errors))
+        raise PlanError(result.error_keys[0], "; ".join(result.errors))
     warnings += result.warnings
+    gpus = gpus[:tp]
+    prof = _profile(c, gpus)
 
-    if prof["enable_chunked_prefill"] is False and prof["max_num_batched_tokens"] < s.vllm_max_model_len:
+    if prof["enable_chunked_prefill"] is False and prof["max_num_batched_tokens"] < c.vllm_max_model_len:
         raise PlanError("vllm_max_num_batched_tokens", f"with chunked prefill off, vllm_max_num_batched_tokens "
-                        f"({prof['max_num_batched_tokens']}) must be >= vllm_max_model_len ({s.vllm_max_model_len})")
+                        f"({prof['max_num_batched_tokens']}) must be >= vllm_max_model_len ({c.vllm_max_model_len})")
 
-    cap = _capacity_for(gpus, tp, prof, s)
+    cap = _capacity_for(gpus, tp, prof, c)
     if cap.max_concurrency < 2:
-        warnings.append(f"KV cache holds only {cap.max_concurrency:.2f} requests of {s.vllm_max_model_len} tokens")
+        warnings.append(f"KV cache holds only {cap.max_concurrency:.2f} requests of {c.vllm_max_model_len} tokens")
 
-    model_dir = f"{CONTAINER_MODEL_ROOT}/{s.model_dir.rsplit('/', 1)[-1]}"
-    args = ["--model", model_dir, "--served-model-name", inst["served_model_name"],
-            "--tensor-parallel-size", str(tp)]
+    served = inst.served_model_name or c.vllm_served_model_name
+    model_mount, template_mount = c.model_mount, c.template_mount
+    args = ["--model", model_mount.container, "--served-model-name", served, "--tensor-parallel-size", str(tp)]
     if dtype:
         args += ["--dtype", dtype]
     if quant:
         args += ["--quantization", quant]
-    args += ["--max-model-len", str(s.vllm_max_model_len),
+    args += ["--max-model-len", str(c.vllm_max_model_len),
              "--max-num-batched-tokens", str(prof["max_num_batched_tokens"]),
              "--gpu-memory-utilization", str(prof["gpu_memory_utilization"]),
              "--block-size", str(prof["block_size"])]
@@ -156,8 +192,8 @@ def _plan_one(inst: dict[str, Any], gpus: list[GPU], s: Any, driver: str) -> Ins
         args += ["--max-num-seqs", str(prof["max_num_seqs"])]
     args += _toggle(rel, "chunked-prefill", prof["enable_chunked_prefill"], rel.chunked_prefill_default)
     args += _toggle(rel, "prefix-caching", prof["enable_prefix_caching"], rel.prefix_caching_default)
-    if s.vllm_kv_cache_dtype != "auto":
-        args += ["--kv-cache-dtype", s.vllm_kv_cache_dtype]
+    if c.vllm_kv_cache_dtype != "auto":
+        args += ["--kv-cache-dtype", c.vllm_kv_cache_dtype]
     env: dict[str, str] = {}
     if tp > 2 and _pcie_only(gpus):
         # Custom all-reduce needs P2P/NVLink; on PCIe-only cards with TP > 2 vLLM disables it and NCCL P2P
@@ -165,41 +201,22 @@ def _plan_one(inst: dict[str, Any], gpus: list[GPU], s: Any, driver: str) -> Ins
         args.append("--disable-custom-all-reduce")
         env["NCCL_P2P_DISABLE"] = "1"
         warnings.append("PCIe-only GPUs with tensor parallel size > 2: custom all-reduce and NCCL P2P disabled")
-    args += ["--chat-template", f"{CONTAINER_TEMPLATE_DIR}/{s.vllm_chat_template}"]
-    args = _merge_extra(args, s.vllm_extra_args, rel)
-    env.update(s.vllm_env)
-    return InstancePlan(container_name=inst["name"], port=inst["port"], gpu_indices=[g.index for g in gpus],
-                        served_model_name=inst["served_model_name"], image=image, vllm_version=rel.version,
-                        tensor_parallel_size=tp, vllm_args=args, env=env, capacity=cap, warnings=warnings)
+    args += ["--chat-template", template_mount.container]
+    args = _merge_extra(args, list(c.vllm_extra_args), rel)
+    env.update(c.vllm_env)
+    indices = [g.index for g in gpus]
+    # docker's --gpus value is CSV: a device list needs literal quotes around it ('"device=0,1"').
+    gpus_request = "all" if c.vllm_instances is None else '"device=' + ",".join(map(str, indices)) + '"'
+    return InstancePlan(container_name=inst.name, port=inst.port, gpu_indices=indices,
+                        served_model_name=served, image=image, vllm_version=rel.version,
+                        tensor_parallel_size=tp, vllm_args=args, env=env, capacity=cap,
+                        model_mount=model_mount, template_mount=template_mount, container_port=CONTAINER_PORT,
+                        bind=c.vllm_bind, env_file=env_file_path(c.vllm_config_dir, inst.name) if c.keyed else None,
+                        gpus_request=gpus_request, ulimits=dict(c.vllm_ulimits), restart_policy=c.vllm_restart_policy,
+                        cpuset_cpus=c.vllm_cpuset_cpus, warnings=warnings)
 
 
-def _dtype(s: Any, min_cc: float) -> str | None:
-    if s.vllm_dtype != "auto":
-        return s.vllm_dtype
-    if min_cc < _BF16_MIN_CC:
-        return "half"  # no bf16 below Ampere (seed blog: --dtype half on Turing)
-    if s.vllm_kv_cache_dtype != "auto":
-        return "bfloat16"  # fp8 KV needs bf16 activations on sm90 (vllm-h200-results.md, vLLM 0.26)
-    return None  # vLLM picks float16 for AWQ checkpoints
-
-
-def _quantization(s: Any, rel: Any, min_cc: float, warnings: list[str]) -> str | None:
-    if s.vllm_quantization != "auto":
-        if s.vllm_quantization == "awq" and min_cc >= _MARLIN_MIN_CC and rel.awq_flag_forces_gemm:
-            warnings.append(f"vllm_quantization=awq selects the slow AWQ GEMM kernel in vLLM {rel.version} on "
-                            "CC >= 8.0; \"auto\" lets vLLM use awq_marlin")
-        if s.vllm_quantization == "awq_marlin" and min_cc < _MARLIN_MIN_CC:
-            raise PlanError("vllm_quantization", f"vllm_quantization=awq_marlin needs compute capability >= 8.0; "
-                            f"these GPUs have {min_cc}: use \"auto\" or \"awq\"")
-        return s.vllm_quantization
-    if min_cc < _AWQ_MIN_CC:
-        raise PlanError("vllm_quantization", f"AWQ models need compute capability >= 7.5; these GPUs have {min_cc}")
-    if min_cc < _MARLIN_MIN_CC:
-        return "awq"  # Turing: only the AWQ GEMM kernel exists
-    return None  # vLLM detects the AWQ checkpoint and upgrades it to awq_marlin itself
-
-
-def _toggle(rel: Any, name: str, wanted: bool | None, default_on: bool) -> list[str]:
+def _toggle(rel: Release, name: str, wanted: bool | None, default_on: bool) -> list[str]:
     if wanted is None or wanted == default_on:
         return []
     flag = f"--enable-{name}" if wanted else f"--no-enable-{name}"
@@ -210,18 +227,18 @@ def _pcie_only(gpus: list[GPU]) -> bool:
     return all(g.interconnect == "pcie" or (g.interconnect is None and "GeForce" in g.name) for g in gpus)
 
 
-def _capacity_for(gpus: list[GPU], tp: int, prof: dict[str, Any], s: Any) -> Capacity:
+def _capacity_for(gpus: list[GPU], tp: int, prof: dict[str, Any], c: ServeConfig) -> Capacity:
     try:
         return _capacity.estimate(
             gpus, tp, gpu_memory_utilization=prof["gpu_memory_utilization"],
             max_num_batched_tokens=prof["max_num_batched_tokens"], max_num_seqs=prof["max_num_seqs"] or 256,
-            block_size=prof["block_size"], max_model_len=s.vllm_max_model_len,
-            kv_cache_dtype=s.vllm_kv_cache_dtype, model=QWEN3_32B_AWQ)
+            block_size=prof["block_size"], max_model_len=c.vllm_max_model_len,
+            kv_cache_dtype=c.vllm_kv_cache_dtype, model=QWEN3_32B_AWQ)
     except ValueError as exc:
         raise PlanError("vllm_max_model_len", str(exc)) from None
 
 
-def _merge_extra(args: list[str], extra: list[str], rel: Any) -> list[str]:
+def _merge_extra(args: list[str], extra: list[str], rel: Release) -> list[str]:
     """Append vllm_extra_args; a flag given there replaces the planner's value for it."""
     user_flags = set()
     for item in extra:
@@ -244,29 +261,22 @@ def _merge_extra(args: list[str], extra: list[str], rel: Any) -> list[str]:
     return out + list(extra)
 
 
-def _compat_key(message: str) -> str:
-    for key in ("vllm_kv_cache_dtype", "vllm_dtype", "nvidia_driver_version", "vllm_quantization", "vllm_image"):
-        if key in message:
-            return key
-    return "vllm_image"
-
-
-def required_cuda(settings: Any) -> str:
+def required_cuda(config: ServeConfig) -> str:
     """The CUDA version a kept (non-apt) driver must support: the pinned image's, or with vllm_image "auto" the
     oldest release's (auto then picks the newest image that driver runs)."""
-    if settings.vllm_image == "auto":
+    if config.vllm_image == "auto":
         cuda = min(rel.cuda for rel in versions.VLLM_RELEASES.values())
     else:
-        _, rel = _image(settings, driver="", min_cc=0.0)
-        cuda = versions.cuda_of_image(settings.vllm_image, rel)
+        _, rel = _image(config.vllm_image, config.vllm_version, driver="", min_cc=0.0)
+        cuda = versions.cuda_of_image(config.vllm_image, rel)
     return f"{cuda[0]}.{cuda[1]}"
 
 
-def gpus_needed(settings: Any) -> tuple[int, str]:
+def gpus_needed(config: ServeConfig) -> tuple[int, str]:
     """How many GPUs the settings ask for at least, and the setting that asks (checked in preflight against
     the GPUs on the PCI bus, before a driver exists to tell their memory)."""
-    if settings.vllm_instances is not None:
-        return max(i for inst in settings.vllm_instances for i in inst["gpus"]) + 1, "vllm_instances"
-    if settings.vllm_tensor_parallel_size != "auto":
-        return settings.vllm_tensor_parallel_size, "vllm_tensor_parallel_size"
+    if config.vllm_instances is not None:
+        return max(i for inst in config.vllm_instances for i in inst.gpus) + 1, "vllm_instances"
+    if config.vllm_tensor_parallel_size != "auto":
+        return config.vllm_tensor_parallel_size, "vllm_tensor_parallel_size"
     return 1, "vllm_tensor_parallel_size"

@@ -1,4 +1,8 @@
-"""Refuse vLLM image / GPU / driver / dtype combinations known to fail, with the settings to change."""
+"""Refuse vLLM image / GPU / driver / dtype combinations known to fail, with the settings to change.
+
+Every compute-capability rule lives here once: check() refuses or warns, auto_dtype() and auto_quantization()
+pick what check() accepts when a setting is "auto".
+"""
 
 from __future__ import annotations
 
@@ -18,6 +22,28 @@ _FP8_KV = {"fp8", "fp8_e4m3", "fp8_e5m2"}
 class CompatResult:
     errors: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    error_keys: list[str] = field(default_factory=list)  # per error, the setting to change
+
+    def error(self, key: str, message: str) -> None:
+        self.errors.append(message)
+        self.error_keys.append(key)
+
+
+def auto_dtype(min_cc: float, kv_cache_dtype: str) -> str | None:
+    """--dtype for vllm_dtype "auto" on GPUs whose weakest has compute capability `min_cc`; None: vLLM's own."""
+    if min_cc < BF16_MIN_CC:
+        return "half"  # no bf16 below Ampere (seed blog: --dtype half on Turing)
+    if kv_cache_dtype != "auto":
+        return "bfloat16"  # fp8 KV needs bf16 activations on sm90 (vllm-h200-results.md, vLLM 0.26)
+    return None  # vLLM picks float16 for AWQ checkpoints
+
+
+def auto_quantization(min_cc: float) -> str | None:
+    """--quantization for vllm_quantization "auto"; None: vLLM detects the AWQ checkpoint and upgrades it to
+    awq_marlin itself (CC >= MARLIN_MIN_CC). check() refuses GPUs below AWQ_MIN_CC."""
+    if min_cc < MARLIN_MIN_CC:
+        return "awq"  # Turing: only the AWQ GEMM kernel exists
+    return None
 
 
 def _fmt(cuda: tuple[int, int]) -> str:
@@ -43,14 +69,15 @@ def check(
     try:
         driver_cuda = cuda_for_driver(driver_version)
     except ValueError as exc:
-        out.errors.append(str(exc))
+        out.error("nvidia_driver_version", str(exc))
         driver_cuda = None
     need = image_cuda or release.cuda
     if driver_cuda is not None and need > driver_cuda:
         # nvidia-container-cli refuses it: "requirement error: unsatisfied condition: cuda>=12.8, please update
         # your driver" (vllm#18813, v0.9.0 image); CUDA forward compatibility (cuda-compat) only exists for
         # data-center GPUs, never GeForce (docs.nvidia.com/deploy/cuda-compatibility/forward-compatibility.html).
-        out.errors.append(
+        out.error(
+            "nvidia_driver_version",
             f"vllm_image with vLLM {v} is built on CUDA {_fmt(need)}, but nvidia_driver_version {driver_version} "
             f"runs CUDA {_fmt(driver_cuda)} at most: the container would stop with 'unsatisfied condition: "
             f"cuda>={_fmt(need)}'. Raise nvidia_driver_version or pick an older vllm_image."
@@ -59,8 +86,13 @@ def check(
         out.warnings.append(f"compute capability of {names} unknown (no driver yet): GPU checks skipped")
         return out
 
+    if quantization == "awq" and min_cc >= MARLIN_MIN_CC and release.awq_flag_forces_gemm:
+        out.warnings.append(f"vllm_quantization=awq selects the slow AWQ GEMM kernel in vLLM {v} on "
+                            "CC >= 8.0; \"auto\" lets vLLM use awq_marlin")
+
     if min_cc < release.image_min_cc:
-        out.errors.append(
+        out.error(
+            "vllm_image",
             f"vllm_image with vLLM {v} (CUDA {_fmt(need)}) has no kernels for compute capability {min_cc} "
             f"({names}); it needs >= {release.image_min_cc}: pick an older vllm_image"
         )
@@ -71,31 +103,36 @@ def check(
                 "falls back to the V0 engine"
             )
         else:
-            out.errors.append(
+            out.error(
+                "vllm_image",
                 f"vllm_image with vLLM {v} runs only the V1 engine, which needs compute capability >= "
                 f"{release.v1_min_cc}; {names} has {min_cc}: pick another vllm_image"
             )
 
     quant = quantization or ""
     if quant.startswith("awq") and min_cc < AWQ_MIN_CC:
-        out.errors.append(
+        out.error(
+            "vllm_quantization",
             f"AWQ checkpoints need compute capability >= {AWQ_MIN_CC}; {names} has {min_cc} "
             "(vllm_quantization cannot fix this: serve an unquantized model or use other GPUs)"
         )
     elif quant == "awq_marlin" and min_cc < MARLIN_MIN_CC:
-        out.errors.append(
+        out.error(
+            "vllm_quantization",
             f"vllm_quantization=awq_marlin needs compute capability >= {MARLIN_MIN_CC}; {names} has {min_cc}: "
             "use 'awq' or 'auto'"
         )
 
     if dtype == "bfloat16" and min_cc < BF16_MIN_CC:
-        out.errors.append(
+        out.error(
+            "vllm_dtype",
             f"vllm_dtype=bfloat16 needs compute capability >= {BF16_MIN_CC}; {names} has {min_cc}: "
             "use 'half' or 'auto'"
         )
     if dtype == "bfloat16" and quant == "awq" and not release.awq_upgraded:
         # awq.py AWQConfig.get_supported_act_dtypes() == [torch.half] until AutoAWQConfig (0.24.0) [W]
-        out.errors.append(
+        out.error(
+            "vllm_dtype",
             f"vllm_dtype=bfloat16 with vllm_quantization=awq fails in vLLM {v} (its AWQ GEMM kernel takes "
             "float16 only): use vllm_dtype='half', or vllm_quantization='auto' on CC >= 8.0"
         )
@@ -104,7 +141,8 @@ def check(
     on_sm90 = any(g.compute_capability[0] == 9 for g in gpus)
     if fp8_kv and dtype in _FP16 and on_sm90:
         if release.fp8_kv_fp16_fails:
-            out.errors.append(
+            out.error(
+                "vllm_kv_cache_dtype",
                 f"vllm_kv_cache_dtype={kv_cache_dtype} with vllm_dtype={dtype} fails at engine start on "
                 f"{names} in vLLM {v} ('For FP8 input, output must have dtype BF16'): set "
                 "vllm_dtype='bfloat16' or vllm_kv_cache_dtype='auto'"

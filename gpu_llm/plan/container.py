@@ -6,45 +6,40 @@ import hashlib
 import json
 from typing import Any
 
-from gpu_llm.plan import CONTAINER_MODEL_ROOT, CONTAINER_PORT, CONTAINER_TEMPLATE_DIR, InstancePlan
+from gpu_llm.plan import InstancePlan
+from gpu_llm.plan.config import LOOPBACK
 
 SPEC_LABEL = "gpu-llm.spec-hash"
 MANAGED_LABEL = "gpu-llm.managed"
 
 
-def container_spec(plan: InstancePlan, settings: Any, template_sha256: str, *,
-                   api_key_sha256: str | None = None, env_file: str | None = None) -> dict[str, Any]:
+def container_spec(plan: InstancePlan, template_sha256: str, *, api_key_sha256: str | None = None) -> dict[str, Any]:
     """Everything that defines the container; any change in it must recreate the container.
 
     The API key itself never enters the spec: only a digest of it (so a new key recreates the container)
-    and the path of the 0600 env file that carries it.
+    and the path of the 0600 env file that carries it. Without a digest (also `gpu-llm plan`, which never reads
+    the key) the port is published on loopback only and no env file is passed.
     """
-    model_name = settings.model_dir.rsplit("/", 1)[-1]
-    template_host = f"{settings.vllm_config_dir}/{settings.vllm_chat_template}"
     has_key = api_key_sha256 is not None
-    # Without an API key the port is published on loopback only (anyone reaching the host could use it).
-    bind = settings.vllm_bind if has_key else "127.0.0.1"
-    # docker's --gpus value is CSV: a device list needs literal quotes around it ('"device=0,1"').
-    gpus = "all" if settings.vllm_instances is None else '"device=' + ",".join(map(str, plan.gpu_indices)) + '"'
+    if has_key and plan.env_file is None:
+        raise ValueError(f"{plan.container_name}: an API key digest for a plan made without a key "
+                         "(ServeConfig.keyed is False)")
     return {
         "name": plan.container_name,
         "image": plan.image,
         "args": list(plan.vllm_args),
         "env": dict(sorted(plan.env.items())),
-        "env_file": env_file if has_key else None,
+        "env_file": plan.env_file if has_key else None,
         "api_key_sha256": api_key_sha256,
-        "mounts": [
-            f"{settings.model_dir}:{CONTAINER_MODEL_ROOT}/{model_name}:ro",
-            f"{template_host}:{CONTAINER_TEMPLATE_DIR}/{settings.vllm_chat_template}:ro",
-        ],
+        "mounts": [plan.model_mount.volume, plan.template_mount.volume],
         "template_sha256": template_sha256,
-        "ports": [f"{bind}:{plan.port}:{CONTAINER_PORT}"],
+        "ports": [f"{plan.bind if has_key else LOOPBACK}:{plan.port}:{plan.container_port}"],
         "runtime": "nvidia",
-        "gpus": gpus,
+        "gpus": plan.gpus_request,
         "ipc": "host",
-        "ulimits": dict(sorted(settings.vllm_ulimits.items())),
-        "restart": settings.vllm_restart_policy,
-        "cpuset_cpus": settings.vllm_cpuset_cpus,
+        "ulimits": dict(sorted(plan.ulimits.items())),
+        "restart": plan.restart_policy,
+        "cpuset_cpus": plan.cpuset_cpus,
     }
 
 

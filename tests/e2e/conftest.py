@@ -8,8 +8,10 @@ from pathlib import Path
 
 import pytest
 
+# Shared with benchmarks/rerun.py through tests/testbed/data.py (no pytest there); re-exported here for the tests.
+from tests.testbed.data import CAP_SYS_RESOURCE, base_data, stage_host  # noqa: F401
+from tests.testbed.data import memlock_limit as _memlock_limit  # noqa: F401
 from tests.testbed.harness import Host, Testbed, TestbedUnavailable
-from tests.testbed.images import build_vllm_image, start_fake_hf
 from tests.testbed.proc import timed
 from tests.testbed.pyinfra_run import DeployResult, run_deploy, write_inventory
 from tests.testbed.rootfs import ArchiveUnreachable
@@ -17,20 +19,6 @@ from tests.testbed.rootfs import ArchiveUnreachable
 # GPU fixture per host of the session testbed (names: tests/testbed/gpus.py); override with
 # GPU_LLM_TESTBED_HOSTS=h100-x1,a100-40g-x8
 DEFAULT_HOSTS = ["h200-x1", "rtx2080ti-22g-x4"]
-CAP_SYS_RESOURCE = 24
-
-
-def _memlock_limit() -> dict:
-    """Without CAP_SYS_RESOURCE on this machine (some CI sandboxes) no process can raise its hard memlock limit,
-    so runc fails on the seed's memlock=-1: keep the containers within the limit we have, and say so."""
-    capbnd = int(next(line.split()[1] for line in open("/proc/self/status") if line.startswith("CapBnd:")), 16)
-    if capbnd >> CAP_SYS_RESOURCE & 1:
-        return {}
-    import resource
-
-    hard = resource.getrlimit(resource.RLIMIT_MEMLOCK)[1]
-    print(f"[testbed] no CAP_SYS_RESOURCE here: vllm_ulimits memlock={hard} instead of -1")
-    return {"vllm_ulimits": {"memlock": str(hard), "stack": "67108864"}}
 
 
 @pytest.fixture(scope="session")
@@ -67,11 +55,6 @@ def deploy(testbed: Testbed, tmp_path: Path) -> Callable[..., DeployResult]:
     return run
 
 
-def base_data(testbed: Testbed) -> dict:
-    """Data every e2e inventory gets: the offline wheel source (hf_pip_args) and, where needed, a memlock limit."""
-    return {"hf_pip_args": testbed.pip_args, **_memlock_limit()}
-
-
 def module_runner(testbed: Testbed, tmp: Path) -> Callable[..., DeployResult]:
     """The `deploy` fixture's runner (same base data), usable by module-scoped fixtures."""
 
@@ -83,14 +66,10 @@ def module_runner(testbed: Testbed, tmp: Path) -> Callable[..., DeployResult]:
 
 
 def prepared_host(testbed: Testbed, fixture: str = "h200-x1", *hub_args: str, min_cc: float = 9.0,
-                  **data: object) -> tuple[Host, dict[str, dict]]:
-    """A fresh host with the stand-in vLLM image the 570 driver runs (hosts have no registry: the image is there
-    before the deploy) and its own fake HF hub (extra `hub_args` for fake_hf.py); returns (host, host data)."""
-    from gpu_llm.plan.versions import newest_release_for
-
+                  image_from_registry: bool = False, **data: object) -> tuple[Host, dict[str, dict]]:
+    """A fresh host with the stand-in vLLM image the 570 driver runs (loaded before the deploy; with
+    `image_from_registry` only in the testbed's registry, for the deploy to pull) and its own fake HF hub (extra
+    `hub_args` for fake_hf.py); returns (host, host data)."""
     host = testbed.add_host(fixture)
-    version = newest_release_for((12, 8), min_cc).version  # the 570 driver = CUDA 12.8
-    image = f"vllm/vllm-openai:v{version}"
-    build_vllm_image(host, image, version)
-    endpoint = start_fake_hf(testbed, 8090 + host.n, "--shard-mib", "1", *hub_args)
-    return host, {host.name: {"hf_endpoint": endpoint, "vllm_image": image, "vllm_health_timeout": 120, **data}}
+    return host, {host.name: {**stage_host(testbed, host, *hub_args, min_cc=min_cc,
+                                           image_from_registry=image_from_registry), **data}}

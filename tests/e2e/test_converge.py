@@ -8,7 +8,7 @@ import pytest
 
 from tests.e2e.conftest import prepared_host
 from tests.testbed.harness import Testbed
-from tests.testbed.pyinfra_run import DeployResult
+from tests.testbed.pyinfra_run import DeployResult, remote_commands
 
 pytestmark = pytest.mark.e2e
 
@@ -19,9 +19,14 @@ def test_deploy_twice_second_run_changes_nothing(testbed: Testbed, deploy: Calla
     first = deploy([host], data)
     assert first.rc == 0 and first.errors == 0, first.output[-4000:]
     assert first.changed > 0
-    second = deploy([host], data)
+    second = deploy([host], data, None, "deploy.py", "-vv")
     assert second.rc == 0, second.output[-4000:]
     assert second.changed == 0, f"second run changed: {second.changed_ops}"
+    # one read of host state: the snapshot command and the endpoint check (issue 10's target: <= 4 per no-op host)
+    commands = remote_commands(second.output)
+    assert sum(map(len, commands.values())) == len(commands[host.ip]) <= 4, commands
+    print(f"no-op re-run: {len(commands[host.ip])} remote commands: "
+          + " | ".join(c.split("##gpu-llm", 1)[0][:60] for c in commands[host.ip]))
 
 
 def test_interactive_runs_converge_too(testbed: Testbed, tmp_path) -> None:

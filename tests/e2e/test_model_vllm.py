@@ -19,8 +19,8 @@ from typing import Any
 import pytest
 import requests
 
-from gpu_llm.operations.vllm import env_file_path
-from gpu_llm.plan import InstancePlan, plan_instances
+from gpu_llm.plan import env_file_path
+from gpu_llm.plan import InstancePlan, ServeConfig, plan_instances
 from gpu_llm.plan.container import SPEC_LABEL, container_spec, spec_hash
 from gpu_llm.plan.gpus import PLAN_QUERY_FIELDS, parse_query_csv
 from gpu_llm.remote.download import MANIFEST_NAME, MAX_STALLS, RESUME_CHUNK
@@ -72,15 +72,14 @@ class Box:
         """What the planner makes of the GPUs the host's nvidia-smi reports now."""
         csv = self.host.ssh(f"nvidia-smi --query-gpu={','.join(PLAN_QUERY_FIELDS)} --format=csv,noheader,nounits",
                             check=True).stdout
-        return plan_instances(parse_query_csv(csv), self.settings())
+        return plan_instances(parse_query_csv(csv), ServeConfig.from_settings(self.settings()))
 
     def spec_hash(self, plan: InstancePlan) -> str:
         s = self.settings()
         key = s.vllm_api_key
         return spec_hash(container_spec(
-            plan, s, hashlib.sha256(TEMPLATE.read_bytes()).hexdigest(),
-            api_key_sha256=hashlib.sha256(key.encode()).hexdigest() if key else None,
-            env_file=env_file_path(s.vllm_config_dir, plan.container_name)))
+            plan, hashlib.sha256(TEMPLATE.read_bytes()).hexdigest(),
+            api_key_sha256=hashlib.sha256(key.encode()).hexdigest() if key else None))
 
     def inspect(self, name: str) -> dict[str, Any]:
         return json.loads(self.host.ssh(f"docker inspect {name}", check=True).stdout)[0]

@@ -1,4 +1,4 @@
-"""Batched file/directory state (facts/files.py), the ops reading it (operations/files.py) and the fact memo."""
+"""File/directory state (facts/files.py), the ops reading it from the host snapshot (operations/files.py), and\nthe snapshot seam: read once, read again only after an op changed the host."""
 
 from __future__ import annotations
 
@@ -7,9 +7,8 @@ import subprocess
 from pathlib import Path
 
 from pyinfra.context import ctx_host, ctx_state
-from pyinfra.facts.deb import DebPackages
 
-from gpu_llm.facts import memo
+from gpu_llm.facts import snapshot
 from gpu_llm.facts.files import FileState, FileStates
 from gpu_llm.operations import files as gpu_files
 from gpu_llm.operations import packages
@@ -86,17 +85,25 @@ def _ops_on_one_host(facts: dict, *calls) -> tuple[FakeHost, list[list[str]]]:  
         return fake, [[_text(c) for c in op._inner(**kw)] for op, kw in calls]
 
 
-def test_a_batch_is_read_once_for_all_its_paths_and_again_after_a_change() -> None:
-    batch = ("/a", "/b", "/c")
+def test_the_snapshot_is_read_once_and_again_only_after_an_op_changed_something() -> None:
     first = [*file("/a"), *file("/b", sha="0" * 64), *file("/c")]
     fake, cmds = _ops_on_one_host(
         {"FileStates": Reads([first, first])},
-        (gpu_files.put, {"content": BODY, "dest": "/a", "mode": "644", "batch": batch}),
-        (gpu_files.put, {"content": BODY, "dest": "/b", "mode": "644", "batch": batch}),
-        (gpu_files.put, {"content": BODY, "dest": "/c", "mode": "644", "batch": batch}),
+        (gpu_files.put, {"content": BODY, "dest": "/a", "mode": "644"}),
+        (gpu_files.put, {"content": BODY, "dest": "/b", "mode": "644"}),
+        (gpu_files.put, {"content": BODY, "dest": "/c", "mode": "644"}),
     )
     assert cmds[0] == [] and len(cmds[1]) == 2 and cmds[2] == []
-    assert fake.reads["FileStates"] == 2  # /a and /b from one read; /b changed, so /c reads again
+    assert fake.reads["HostSnapshot"] == 2  # /a and /b from one read; /b changed, so /c reads again
+
+
+def test_predicting_changes_never_drops_the_snapshot() -> None:
+    """While pyinfra only plans (not executing) nothing has run yet: the one read stays good for every op."""
+    fake = FakeHost({"FileStates": [*file("/a", sha="0" * 64), *file("/b", sha="0" * 64)]})
+    with ctx_state.use(FakeState(is_executing=False)), ctx_host.use(fake):
+        for dest in ("/a", "/b"):
+            assert len([_text(c) for c in gpu_files.put._inner(content=BODY, dest=dest, mode="644")]) == 2
+    assert fake.reads["HostSnapshot"] == 1
 
 
 def test_packages_read_dpkg_once_until_one_installs() -> None:
@@ -109,14 +116,14 @@ def test_packages_read_dpkg_once_until_one_installs() -> None:
         (packages.packages, {"packages": ["docker.io"]}),
     )
     assert cmds[0] == cmds[1] == cmds[3] == [] and "cuda-toolkit-12-8" in cmds[2][0]
-    assert fake.reads["DebPackages"] == 2
+    assert fake.reads["HostSnapshot"] == 2
 
 
-def test_memo_is_per_host_not_per_pyinfra_proxy() -> None:
+def test_snapshot_is_per_host_not_per_pyinfra_proxy() -> None:
     a, b = FakeHost({"DebPackages": {"x": {"1"}}}), FakeHost({"DebPackages": {"y": {"2"}}})
     with ctx_state.use(FakeState()):
-        for fake, want in ((a, {"x": {"1"}}), (b, {"y": {"2"}})):
+        for fake, want in ((a, {"x": ["1"]}), (b, {"y": ["2"]})):
             with ctx_host.use(fake):
                 from pyinfra import host
 
-                assert memo.fact(host, DebPackages) == want
+                assert snapshot.current(host).packages == want

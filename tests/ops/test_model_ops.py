@@ -5,13 +5,17 @@ from __future__ import annotations
 import hashlib
 from typing import Any
 
+from contextlib import ExitStack
+
 import pytest
 from pyinfra.api import FileUploadCommand, FunctionCommand, HiddenValue
+from pyinfra.context import ctx_host, ctx_state
 
 from gpu_llm.facts.files import FileState, FileStates
 from gpu_llm.facts.model import ModelSnapshot, SnapshotState, VenvMarker
 from gpu_llm.operations import model as ops
 from gpu_llm.remote.download import make_manifest
+from tests.ops.opkit import FakeHost, FakeState
 
 REPO = "Qwen/Qwen3-32B-AWQ"
 COMMIT = "c" * 40
@@ -27,24 +31,19 @@ def download(**overrides: Any) -> ops.Download:
         "token_file": None, "max_workers": 8, "timeout_s": 7200, "user": "root", **overrides})
 
 
-class FakeHost:
-    def __init__(self, facts: dict[Any, Any]):
-        self.facts, self.noops = facts, []
-
-    def get_fact(self, cls, **kwargs):
-        return self.facts.get((cls, kwargs["path"]) if "path" in kwargs else cls)
-
-    def noop(self, message: str) -> None:
-        self.noops.append(message)
-
-
 @pytest.fixture
-def fake(monkeypatch):
+def fake():
+    """fake(facts) makes an opkit FakeHost (facts keyed by fact class) the current pyinfra host while executing."""
+    stack = ExitStack()
+    stack.enter_context(ctx_state.use(FakeState()))
+
     def install(facts: dict[Any, Any]) -> FakeHost:
-        h = FakeHost(facts)
-        monkeypatch.setattr(ops, "host", h)
+        h = FakeHost({k.__name__: v for k, v in facts.items()})
+        stack.enter_context(ctx_host.use(h))
         return h
-    return install
+
+    with stack:
+        yield install
 
 
 def snapshot(revision="main", sizes=None, unit_state="inactive", manifest=True) -> SnapshotState:

@@ -34,7 +34,7 @@ def ours(held: bool = True) -> dict[str, Package]:
 
 GOOD = HostPreflight(os_id="ubuntu-24.04", os_name="Ubuntu 24.04.3 LTS", arch="x86_64", uid=0, checked_path="/home",
                      mount="/", free_kib=64 * 1024 * 1024, pci_gpus=parse_pci(fixture_lines("sysfs-pci.txt")))
-ARGS = {"path": "/home/llm/model", "supported_os": ["ubuntu-24.04", "ubuntu-22.04", "debian-12"], "required_gib": 44}
+ARGS = {"supported_os": ["ubuntu-24.04", "ubuntu-22.04", "debian-12"], "required_gib": 44}
 
 
 def test_preflight_passes_with_noop_saying_what_holds():
@@ -71,9 +71,9 @@ def test_preflight_refusal_is_announced_while_planning():
 
 def test_interrupted_dpkg_run_is_finished_keeping_config_files():
     info = HostPreflight(**{**GOOD.__dict__, "dpkg_interrupted": True})
-    r = run(preflight.dpkg_finished, {"Preflight": info}, path="/home/llm/model")
+    r = run(preflight.dpkg_finished, {"Preflight": info})
     assert r.commands == ["DEBIAN_FRONTEND=noninteractive dpkg --configure -a --force-confdef --force-confold"]
-    clean = run(preflight.dpkg_finished, {"Preflight": GOOD}, path="/home/llm/model")
+    clean = run(preflight.dpkg_finished, {"Preflight": GOOD})
     assert clean.commands == [] and clean.noops == ["no interrupted dpkg run to finish"]
 
 
@@ -302,9 +302,12 @@ def test_daemon_json_writes_merged_file_keeping_foreign_key(monkeypatch):
      "vllm_instances needs 2 GPU(s) but the host has 1"),
 ])
 def test_preflight_refuses_settings_asking_for_more_gpus_than_the_bus_shows(data, expected):
-    from gpu_llm.plan import gpus_needed
+    from gpu_llm.plan import ServeConfig, gpus_needed
     from gpu_llm.settings import from_data
 
-    r = run(preflight.check, {"Preflight": GOOD}, gpus_needed=gpus_needed(from_data(data)), **ARGS)
+    def needed(d: dict) -> tuple[int, str]:
+        return gpus_needed(ServeConfig.from_settings(from_data(d)))
+
+    r = run(preflight.check, {"Preflight": GOOD}, gpus_needed=needed(data), **ARGS)
     assert len(r.commands) == 1 and expected in r.commands[0]
-    assert run(preflight.check, {"Preflight": GOOD}, gpus_needed=gpus_needed(from_data({})), **ARGS).commands == []
+    assert run(preflight.check, {"Preflight": GOOD}, gpus_needed=needed({}), **ARGS).commands == []

@@ -12,7 +12,7 @@ from gpu_llm.facts.gpu import parse_inventory
 from gpu_llm.facts.host import parse_preflight
 from gpu_llm.facts.nvidia import parse_driver_state
 from gpu_llm.operations.nvidia import decide_driver, driver_spec
-from gpu_llm.plan import plan_instances, versions
+from gpu_llm.plan import ServeConfig, plan_instances, versions
 from gpu_llm.plan.gpus import parse_query_csv
 from gpu_llm.settings import from_data
 
@@ -60,7 +60,7 @@ def test_non_apt_newer_driver_is_kept_with_a_warning():
 
 def test_plan_from_real_nvidia_smi_is_h200_appropriate():
     gpus = parse_query_csv((HERE / "plan-query.csv").read_text())
-    [plan] = plan_instances(gpus, from_data({}))
+    [plan] = plan_instances(gpus, ServeConfig.from_settings(from_data({})))
     args = plan.vllm_args
     assert plan.tensor_parallel_size == 1 and args[args.index("--tensor-parallel-size") + 1] == "1"
     assert "--quantization" not in args and "--dtype" not in args
@@ -72,7 +72,7 @@ def test_plan_from_real_nvidia_smi_is_h200_appropriate():
 @pytest.mark.parametrize("image", ["vllm/vllm-openai:v0.8.5", "vllm/vllm-openai:v0.10.1"])
 def test_pinned_older_images_also_run_on_the_real_driver(image):
     gpus = parse_query_csv((HERE / "plan-query.csv").read_text())
-    [plan] = plan_instances(gpus, from_data({"vllm_image": image}))
+    [plan] = plan_instances(gpus, ServeConfig.from_settings(from_data({"vllm_image": image})))
     assert plan.image == image and "--tensor-parallel-size" in plan.vllm_args
 
 

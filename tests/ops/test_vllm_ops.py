@@ -5,8 +5,11 @@ from __future__ import annotations
 from types import SimpleNamespace
 from typing import Any
 
+from contextlib import ExitStack
+
 import pytest
 from pyinfra.api import FileUploadCommand, HiddenValue
+from pyinfra.context import ctx_host, ctx_state
 from pyinfra.facts.docker import DockerContainers
 
 from gpu_llm.defaults import DEFAULTS
@@ -15,59 +18,57 @@ from gpu_llm.facts.files import FileState, FileStates
 from gpu_llm.facts.gpu import GpuInventory, NvidiaGpus
 from gpu_llm.operations import model as model_ops
 from gpu_llm.operations import vllm as ops
-from gpu_llm.plan import plan_instances
+from gpu_llm.plan import ServeConfig, plan_instances
 from gpu_llm.plan.container import MANAGED_LABEL, SPEC_LABEL, container_spec, spec_hash
 from gpu_llm.plan.types import GPU
 from gpu_llm.settings import Settings
+from tests.ops import opkit
 
 H200 = [GPU(index=0, name="NVIDIA H200", memory_mib=143771, compute_capability=(9, 0),
             driver_version="570.153.02")]
 TEMPLATE_SHA = "t" * 64
 
 
-class FakeHost:
-    """Answers get_fact from a table keyed by fact class (and path for file facts); records logs."""
+class FakeHost(opkit.FakeHost):
+    """opkit's fake (snapshot parts keyed by fact class name), VllmVerdict answered per URL; records logs."""
 
-    def __init__(self, facts: dict[Any, Any]):
-        self.facts = facts
-        self.logs: list[str] = []
-        self.noops: list[str] = []
-
-    def get_fact(self, cls, **kwargs):
-        if "path" in kwargs:
-            return self.facts.get((cls, kwargs["path"]))
+    def get_fact(self, cls, *args, **kwargs):
         if cls is VllmVerdict:
+            self.verdict_calls = [*getattr(self, "verdict_calls", []), kwargs]
             return self.facts[(cls, kwargs["url"])]
-        return self.facts.get(cls)
+        return super().get_fact(cls, *args, **kwargs)
 
     def log(self, message: str) -> None:
         self.logs.append(message)
 
-    def noop(self, message: str) -> None:
-        self.noops.append(message)
-
 
 @pytest.fixture
-def fake(monkeypatch):
+def fake():
+    """fake(facts, executing=True) makes a FakeHost the current pyinfra host (facts keyed by fact class)."""
+    stack = ExitStack()
+
     def install(facts: dict[Any, Any], executing: bool = True) -> FakeHost:
-        h = FakeHost({NvidiaGpus: GpuInventory(smi="ok", gpus=H200), **facts})
-        for module in (ops, model_ops):
-            monkeypatch.setattr(module, "host", h)
-        monkeypatch.setattr(ops, "state", SimpleNamespace(is_executing=executing))
+        merged = {NvidiaGpus: GpuInventory(smi="ok", gpus=H200), **facts}
+        h = FakeHost({k if isinstance(k, tuple) else k.__name__: v for k, v in merged.items()})
+        stack.enter_context(ctx_state.use(opkit.FakeState(is_executing=executing)))
+        stack.enter_context(ctx_host.use(h))
         return h
-    return install
+
+    with stack:
+        yield install
 
 
-def settings(**overrides: Any):
-    return Settings.from_data({**DEFAULTS, "vllm_image": "vllm/vllm-openai:v0.10.1", **overrides})
+def settings(**overrides: Any) -> ServeConfig:
+    """The operations' input: the plan input of these settings."""
+    return ServeConfig.from_settings(Settings.from_data({**DEFAULTS, "vllm_image": "vllm/vllm-openai:v0.10.1",
+                                                         **overrides}))
 
 
-def wanted_hash(s, key: str | None = None) -> str:
+def wanted_hash(s: ServeConfig, key: str | None = None) -> str:
     import hashlib
     [plan] = plan_instances(H200, s)
     digest = hashlib.sha256(key.encode()).hexdigest() if key else None
-    return spec_hash(container_spec(plan, s, TEMPLATE_SHA, api_key_sha256=digest,
-                                    env_file=f"{s.vllm_config_dir}/{plan.container_name}.env"))
+    return spec_hash(container_spec(plan, TEMPLATE_SHA, api_key_sha256=digest))
 
 
 def container(name: str, spec: str, running: bool = True, managed: bool = True) -> dict[str, Any]:
@@ -85,6 +86,10 @@ def commands(gen) -> list[str]:
 
 def run_instances(s, **kwargs) -> list[str]:
     return commands(ops.instances._inner(s, TEMPLATE_SHA, **kwargs))
+
+
+def verify(s: ServeConfig, health_timeout: int = 1200, smoke_test: bool = True) -> list[str]:
+    return commands(ops.verified._inner(s, "/py", "/verify.py", health_timeout, smoke_test))
 
 
 def test_same_spec_running_is_a_noop(fake):
@@ -196,7 +201,7 @@ def test_verify_passing_yields_nothing_and_logs_the_reply(fake):
     ok = parse_verdict(['{"ok": true, "model": "coder", "reply": "ready", "latency_s": 0.4}',
                         "gpu-llm-verify-rc=0"])
     h = fake({(VllmVerdict, "http://127.0.0.1:8000"): ok})
-    assert commands(ops.verified._inner(s, "/py", "/verify.py")) == []
+    assert verify(s) == []
     assert h.logs == ["coder on 127.0.0.1:8000 verified: coder answered 'ready' in 0.4s"]
 
 
@@ -204,13 +209,24 @@ def test_verify_failure_fails_the_op_with_the_message(fake):
     s = settings()
     bad = parse_verdict(['{"ok": false, "error": "/health not healthy after 1200s"}', "gpu-llm-verify-rc=1"])
     fake({(VllmVerdict, "http://127.0.0.1:8000"): bad})
-    [cmd] = commands(ops.verified._inner(s, "/py", "/verify.py"))
+    [cmd] = verify(s)
     assert "not healthy after 1200s" in cmd and cmd.endswith("exit 1")
+
+
+@pytest.mark.parametrize("keyed", [False, True])
+def test_verify_is_given_the_timeout_smoke_test_and_env_file_of_the_plan(fake, keyed):
+    s = settings(vllm_api_key="sk-very-secret-key") if keyed else settings()
+    ok = parse_verdict(['{"ok": true, "model": "coder"}', "gpu-llm-verify-rc=0"])
+    h = fake({(VllmVerdict, "http://127.0.0.1:8000"): ok})
+    assert verify(s, health_timeout=77, smoke_test=False) == []
+    [call] = h.verdict_calls
+    assert (call["timeout_s"], call["smoke_test"], call["model"], call["container"]) == (77, False, "coder", "coder")
+    assert call["env_file"] == ("/etc/gpu-llm/coder.env" if keyed else None)
 
 
 def test_verify_does_not_run_while_predicting(fake):
     fake({}, executing=False)
-    assert commands(ops.verified._inner(settings(), "/py", "/verify.py")) == []
+    assert verify(settings()) == []
 
 
 def test_verify_command_reads_key_from_env_file_not_argv():

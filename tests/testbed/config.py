@@ -9,6 +9,14 @@ from pathlib import Path
 PROJECT = Path(__file__).resolve().parents[2]
 TESTBED_DIR = Path(__file__).resolve().parent
 VENDOR_HOSTS = ("developer.download.nvidia.com", "nvidia.github.io", "download.docker.com")
+# Docker Hub's names: `docker pull vllm/vllm-openai:TAG` talks to registry-1.docker.io only (no auth asked by a
+# registry whose /v2/ answers 200); the others are in the certificate in case a client asks them.
+REGISTRY_HOSTS = ("registry-1.docker.io", "index.docker.io", "docker.io", "auth.docker.io")
+
+
+def registry_ips() -> list[str]:
+    """The registry's address of every possible testbed id (one certificate serves them all)."""
+    return [Config(tid, Path()).registry_ip for tid in range(10)]
 
 
 @dataclass(frozen=True)
@@ -37,6 +45,11 @@ class Config:
     @property
     def bridge(self) -> str:
         return f"gltb{self.tid}br"
+
+    @property
+    def registry_ip(self) -> str:
+        """Second address of the bridge: the registry (Docker Hub's stand-in) and its rate-limiting proxy."""
+        return f"{self.net}.2"
 
     @property
     def prefix(self) -> str:

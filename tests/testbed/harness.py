@@ -17,7 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from . import gpus as gpu_fixtures
-from .config import PROJECT, VENDOR_HOSTS, Config
+from . import registry
+from .config import PROJECT, REGISTRY_HOSTS, VENDOR_HOSTS, Config
 from .keys import ensure_keys
 from .proc import TestbedError, run, timed
 from .repos import REPO_PREFIXES, build_www
@@ -29,6 +30,8 @@ NEEDED_TOOLS = ("debootstrap", "systemd-nspawn", "apt-ftparchive", "dpkg-deb", "
 # What a real dockerd + runc need inside nspawn on a cgroup-v1 machine (shared/reference/testbed-recipe.sh);
 # writable cgroups come from cgroup_binds().
 NSPAWN_DOCKER = ["--capability=all", "--system-call-filter=@keyring bpf", "--tmpfs=/sys/fs/cgroup"]
+# Processes of ours that stop at once on SIGTERM (the hosts' supervisors get 90 s to power their guest off).
+QUICK_TO_STOP = {"vendor-server", *registry.PROCESSES}
 
 
 class TestbedUnavailable(TestbedError):
@@ -196,6 +199,7 @@ class Testbed:
         br, ip = self.cfg.bridge, self.cfg.bridge_ip
         run(["ip", "link", "add", br, "type", "bridge"])
         run(["ip", "addr", "add", f"{ip}/24", "dev", br])
+        run(["ip", "addr", "add", f"{self.cfg.registry_ip}/24", "dev", br])  # the registry's (registry.py)
         run(["ip", "link", "set", br, "up"])
 
     def _start_server(self) -> None:
@@ -224,7 +228,8 @@ class Testbed:
         run(["cp", "-a", str(base), str(r)])
         (r / "etc/hostname").write_text(host.name + "\n")
         (r / "etc/hosts").write_text(f"127.0.0.1 localhost\n127.0.1.1 {host.name}\n::1 localhost ip6-localhost\n"
-                                     f"{self.cfg.bridge_ip} {' '.join(VENDOR_HOSTS)}\n")
+                                     f"{self.cfg.bridge_ip} {' '.join(VENDOR_HOSTS)}\n"
+                                     f"{self.cfg.registry_ip} {' '.join(REGISTRY_HOSTS)}\n")
         keys = self.cfg.cache / "keys"
         shutil.copy(keys / "ca.crt", r / "usr/local/share/ca-certificates/gpu-llm-testbed-ca.crt")
         run(["chroot", str(r), "update-ca-certificates"])
@@ -258,6 +263,19 @@ class Testbed:
         self.hosts.append(host)
         self._save()
 
+    # ---- registry (Docker Hub's stand-in, tests/testbed/registry.py) ----------------------------------------
+    def start_registry(self, rate_kib: float | None = None) -> None:
+        """Serve https://registry-1.docker.io to the guests (images.push_vllm_image puts images there), sending
+        at most `rate_kib` KiB/s to all guests together (None: unlimited); no-op but the rate if it runs."""
+        registry.start(self.cfg, rate_kib)
+
+    def set_registry_rate(self, rate_kib: float | None) -> None:
+        registry.set_rate(self.cfg, rate_kib)
+
+    def stop_registry(self) -> None:
+        """Guests' pulls fail (connection refused) until start_registry(); pushed images are kept."""
+        registry.stop(self.cfg)
+
     # ---- repos ---------------------------------------------------------------------------------------------
     def break_repo(self, repo: str) -> None:
         """Stop serving one vendor repo ("cuda", "container-toolkit", "docker"): every path under it is 404."""
@@ -275,7 +293,7 @@ class Testbed:
         """Remove everything this testbed id made: processes, cgroups, netns, links, mounts, host roots."""
         st = self.cfg.state
         pidfiles = sorted(st.glob("*.pid")) if st.exists() else []
-        _stop_pids({int(f.read_text()): 90 if f.stem != "vendor-server" else 5 for f in pidfiles})
+        _stop_pids({int(f.read_text()): 5 if f.stem in QUICK_TO_STOP else 90 for f in pidfiles})
         for pidfile in pidfiles:
             pidfile.unlink()
         for d in _our_cgroups(self.cfg.prefix):
@@ -295,9 +313,10 @@ class Testbed:
             for line in reversed(Path("/proc/mounts").read_text().splitlines()):
                 if line.split()[1].startswith(str(st) + "/"):
                     run(["umount", "-l", line.split()[1]], check=False)
-            for name in ("hosts", "pci", "http", "www", "debbuild"):
+            for name in ("hosts", "pci", "http", "www", "debbuild", registry.data_dir(self.cfg).name):
                 shutil.rmtree(st / name, ignore_errors=True)
-            for f in ("hosts.json", "disabled-repos"):
+            for f in ("hosts.json", "disabled-repos", registry.rate_file(self.cfg).name,
+                      registry.proxy_log(self.cfg).name):
                 (st / f).unlink(missing_ok=True)
         for h in self.hosts:
             for leftover in Path("/run/systemd/nspawn").glob(f"*/{h.netns}"):
@@ -315,6 +334,7 @@ class Testbed:
                   if line.split()[1].startswith(str(self.cfg.state) + "/")]
         found += [f"process {p.name}: {' '.join(_cmdline(p))[:120]}" for p in Path("/proc").glob("[0-9]*")
                   if any(str(self.cfg.state) in a or f"--machine={self.cfg.prefix}" in a for a in _cmdline(p))]
+        found += [f"registry data {d}" for d in [registry.data_dir(self.cfg)] if d.exists()]
         return found
 
     def status(self) -> dict:

@@ -1,4 +1,5 @@
-"""Stand-in vLLM image (python3 + jinja2 + tests/testbed/standins/*.py) imported into a host, and the fake HF hub."""
+"""Stand-in vLLM image (python3 + jinja2 + tests/testbed/standins/*.py) imported into a host or pushed to the
+testbed's registry (Docker Hub's stand-in), and the fake HF hub."""
 
 from __future__ import annotations
 
@@ -11,12 +12,14 @@ import subprocess
 import sys
 import tarfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
+from . import registry
 from .config import PROJECT, Config
 from .harness import Host, Testbed
-from .proc import TestbedError, timed
-from .rootfs import image_tarball
+from .proc import TestbedError, run, timed
+from .rootfs import _lock, image_tarball
 
 STANDINS = Path(__file__).resolve().parent / "standins"
 ENTRYPOINT = '["python3","/standin/fake_vllm.py"]'
@@ -62,6 +65,71 @@ def build_vllm_image(host: Host, image_ref: str, vllm_version: str) -> None:
                               "-", image_ref], stdin=fh, capture_output=True, text=True, timeout=600)
     if res.returncode != 0:
         raise TestbedError(f"docker import of {image_ref} on {host.name} failed: {res.stderr[-2000:]}")
+
+
+MANIFEST_V2 = "application/vnd.docker.distribution.manifest.v2+json"
+CONFIG_V1 = "application/vnd.docker.container.image.v1+json"
+LAYER_GZIP = "application/vnd.docker.image.rootfs.diff.tar.gzip"
+CREATED = "2025-01-01T00:00:00Z"  # fixed: the same content gives the same image id (config digest) every time
+
+
+@dataclass(frozen=True)
+class PushedImage:
+    """A stand-in image in the testbed's registry: `image_id` is what `docker inspect` shows once pulled."""
+
+    ref: str  # vllm/vllm-openai:v0.11.0
+    manifest_digest: str
+    image_id: str  # sha256 of the image config = the pulled image's Id
+    layer_bytes: int  # the compressed layer: what a pull downloads (plus the small config)
+
+
+def _sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while chunk := fh.read(1 << 20):
+            h.update(chunk)
+    return "sha256:" + h.hexdigest()
+
+
+def registry_layer(cfg: Config, vllm_version: str) -> tuple[Path, dict]:
+    """The image tarball gzip-ed as one registry layer (cached next to it), with its digests and size."""
+    tar = image_tar(cfg, vllm_version)
+    gz, meta_file = tar.with_suffix(".tar.gz"), tar.with_suffix(".layer.json")
+    with _lock(cfg, "vllm-image-layer"):
+        if not meta_file.exists():
+            with timed(f"gzip stand-in image layer {gz.name}"):
+                tmp = gz.with_suffix(".tmp")
+                run(["sh", "-c", f"gzip -n -c '{tar}' > '{tmp}'"])
+                tmp.rename(gz)
+                meta = {"diff_id": _sha256_file(tar), "digest": _sha256_file(gz), "size": gz.stat().st_size}
+                meta_file.write_text(json.dumps(meta))
+    return gz, json.loads(meta_file.read_text())
+
+
+def push_vllm_image(tb: Testbed, image_ref: str, vllm_version: str) -> PushedImage:
+    """Push the stand-in (ENTRYPOINT python3 /standin/fake_vllm.py) to the testbed's registry as `image_ref`
+    (a Docker Hub name: vllm/vllm-openai:v0.11.0), starting the registry if it is not running."""
+    gz, layer = registry_layer(tb.cfg, vllm_version)
+    config = json.dumps({
+        "architecture": "amd64", "os": "linux", "created": CREATED,
+        "config": {"Entrypoint": json.loads(ENTRYPOINT),
+                   "Env": ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"]},
+        "rootfs": {"type": "layers", "diff_ids": [layer["diff_id"]]},
+        "history": [{"created": CREATED, "created_by": "gpu-llm testbed: stand-in vLLM image"}],
+    }, sort_keys=True, separators=(",", ":")).encode()
+    config_digest = "sha256:" + hashlib.sha256(config).hexdigest()
+    manifest = json.dumps({
+        "schemaVersion": 2, "mediaType": MANIFEST_V2,
+        "config": {"mediaType": CONFIG_V1, "size": len(config), "digest": config_digest},
+        "layers": [{"mediaType": LAYER_GZIP, "size": layer["size"], "digest": layer["digest"]}],
+    }, indent=3).encode()
+    repository, _, tag = image_ref.rpartition(":")
+    registry.start(tb.cfg)
+    with timed(f"push stand-in image {image_ref} ({layer['size'] / 2**20:.0f} MiB layer) to the registry"):
+        digest = registry.push(tb.cfg, repository, tag, manifest, MANIFEST_V2, [
+            registry.Blob(config_digest, len(config), data=config),
+            registry.Blob(layer["digest"], layer["size"], path=gz)])
+    return PushedImage(image_ref, digest, config_digest, layer["size"])
 
 
 def start_fake_hf(tb: Testbed, port: int = 8090, *args: str) -> str:

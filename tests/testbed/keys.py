@@ -5,10 +5,23 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from .config import VENDOR_HOSTS, Config
+from .config import REGISTRY_HOSTS, VENDOR_HOSTS, Config, registry_ips
 from .proc import run
 
 REPO_UID = "gpu-llm testbed repo <repo@test.invalid>"
+
+
+def _server_cert(d: Path, name: str, cn: str, sans: str) -> None:
+    """<name>.crt/.key for `sans`, signed by the test CA (made once per cache)."""
+    if (d / f"{name}.crt").exists():
+        return
+    run(["openssl", "req", "-newkey", "rsa:2048", "-nodes", "-subj", f"/CN={cn}",
+         "-keyout", str(d / f"{name}.key"), "-out", str(d / f"{name}.csr")])
+    (d / f"{name}-ext.cnf").write_text(f"subjectAltName={sans}\nextendedKeyUsage=serverAuth\n")
+    run(["openssl", "x509", "-req", "-in", str(d / f"{name}.csr"), "-CA", str(d / "ca.crt"), "-CAkey",
+         str(d / "ca.key"), "-CAcreateserial", "-days", "3650", "-extfile", str(d / f"{name}-ext.cnf"),
+         "-out", str(d / f"{name}.crt.tmp")])
+    os.replace(d / f"{name}.crt.tmp", d / f"{name}.crt")
 
 
 def ensure_keys(cfg: Config) -> Path:
@@ -29,6 +42,10 @@ def ensure_keys(cfg: Config) -> Path:
              str(d / "ca.key"), "-CAcreateserial", "-days", "3650", "-extfile", str(d / "ext.cnf"),
              "-out", str(d / "srv.crt.tmp")])
         os.replace(d / "srv.crt.tmp", d / "srv.crt")
+    # the registry standing in for Docker Hub: its names, and the address it listens on in every testbed
+    # (the harness pushes to that address directly, the guests reach it by name through the rate-limiting proxy)
+    _server_cert(d, "registry", "fake-docker-hub", ",".join([*(f"DNS:{h}" for h in REGISTRY_HOSTS),
+                                                             *(f"IP:{ip}" for ip in registry_ips())]))
     gnupg = d / "gnupg"
     if not (d / "repo-key.asc").exists():
         gnupg.mkdir(mode=0o700, exist_ok=True)

@@ -85,3 +85,16 @@ def run_deploy(inventory: Path, deploy: Path | str = "deploy.py", *extra: str, t
     print(f"[time] pyinfra {Path(deploy).name} on {inventory.name}: {seconds:.1f}s "
           f"(rc {proc.returncode}, {changed} changed, {errors} errors)", flush=True)
     return DeployResult(proc.returncode, out, seconds, ops, changed, errors)
+
+
+INPUT_LINE = re.compile(r"^\[(?P<host>[^\]]+)\]\s+>>> (?P<cmd>.*)$")
+
+
+def remote_commands(output: str) -> dict[str, list[str]]:
+    """Commands pyinfra ran on each host (facts and operations), from the `[host] >>> cmd` lines of -vv output."""
+    per_host: dict[str, list[str]] = {}
+    for raw in output.splitlines():
+        m = INPUT_LINE.match(ANSI.sub("", raw).strip())
+        if m:
+            per_host.setdefault(m["host"], []).append(m["cmd"])
+    return per_host

@@ -7,6 +7,8 @@ import io
 import json
 import random
 import socket
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -116,6 +118,27 @@ def test_plot_writes_a_png(tmp_path: Path) -> None:
         assert image.format == "PNG" and image.width > 1000
 
 
+def test_plot_without_matplotlib_exits_2_before_the_sweep_naming_the_extra(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    for name in [m for m in sys.modules if m == "matplotlib" or m.startswith("matplotlib.")]:
+        monkeypatch.delitem(sys.modules, name)
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # `import matplotlib` now raises ImportError
+    png, out = tmp_path / "bench.png", tmp_path / "r.json"
+    # An unreachable URL: the check comes first, so no connection is tried and nothing is written.
+    code, text = run_quiet(parse("http://127.0.0.1:9", "--plot", str(png), "--out", str(out)))
+    assert code == 2
+    assert text == "error: gpu-llm bench --plot needs matplotlib: pip install 'gpu-llm[plot]'\n"
+    assert not png.exists() and not out.exists()
+    with pytest.raises(RuntimeError, match=r"pip install 'gpu-llm\[plot\]'"):
+        bench.plot({"levels": []}, str(png))
+
+
+def test_bench_without_plot_does_not_need_matplotlib(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    code, text = run_quiet(parse("localhost:8000"))  # fails later, on the URL, not on matplotlib
+    assert code == 2 and "bad URL" in text and "matplotlib" not in text
+
+
 # ---- errors before the sweep -----------------------------------------------------------------------------
 
 
@@ -186,3 +209,17 @@ def test_failed_requests_are_counted_not_raised(fake_vllm: Any, tmp_path: Path) 
     assert (summary["ok"], summary["errors"]) == (0, 4)
     [(message, count)] = summary["error_counts"].items()
     assert count == 4 and "HTTP 400" in message and "maximum context length is 512" in message
+
+
+# ---- benchmarks/rerun.py runs without pytest ---------------------------------------------------------------
+
+
+def test_rerun_benchmark_imports_without_pytest() -> None:
+    """benchmarks/rerun.py shares the e2e data through tests/testbed, not tests/e2e/conftest.py (which imports
+    pytest): `--help` works where pytest cannot be imported."""
+    project = Path(__file__).resolve().parents[2]
+    code = ("import sys, runpy; sys.modules['pytest'] = sys.modules['_pytest'] = None; "
+            "sys.argv = ['rerun.py', '--help']; runpy.run_path('benchmarks/rerun.py', run_name='__main__')")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=project, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert "usage: rerun.py" in proc.stdout and "--hosts" in proc.stdout

@@ -69,3 +69,22 @@ def test_console_script_entry_point_runs():
     out = subprocess.run([sys.executable, "-m", "gpu_llm.cli", "plan", "--gpus", "1x80GiB@9.0", "--json"],
                          capture_output=True, text=True)
     assert out.returncode == 0 and json.loads(out.stdout)["tensor_parallel_size"] == 1
+
+
+def test_plan_output_keeps_its_keys_and_the_deployed_spec_hash(capsys):
+    argv = ("plan", "--gpus", "1x81559MiB@9.0", "--driver", "570.153.02")
+    code, out, _ = run(capsys, *argv, "--json")
+    data = json.loads(out)
+    assert code == 0 and set(data) == {
+        "container_name", "vllm_image", "vllm_version", "vllm_args", "env", "gpu_indices", "port",
+        "tensor_parallel_size", "kv_cache_gib_per_gpu", "kv_cache_tokens", "max_concurrency", "capacity",
+        "docker_run", "warnings"}
+    assert "gpu-llm.spec-hash=cf94f573b43385f2733efda3" in data["docker_run"]  # unchanged since issue 10
+    code, out, _ = run(capsys, *argv)
+    assert code == 0 and "gpu-llm.spec-hash=cf94f573b43385f2733efda3" in out
+
+
+def test_plan_never_reads_the_api_key_so_shows_the_keyless_container(capsys):
+    code, out, _ = run(capsys, "plan", "--gpus", "1x80GiB@9.0", "--json", "--data", "vllm_api_key=sk-12345678")
+    run_args = json.loads(out)["docker_run"]
+    assert code == 0 and "127.0.0.1:8000:8000" in run_args and "--env-file" not in run_args

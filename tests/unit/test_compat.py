@@ -95,3 +95,42 @@ def test_unknown_compute_capability_only_warns():
     nodrv = GPU(0, "NVIDIA H200", 143771, (0, 0), None)
     res = run(NEWEST, [nodrv])
     assert res.errors == [] and any("unknown" in w for w in res.warnings)
+
+
+def test_forced_awq_warns_only_where_it_selects_the_gemm_kernel():
+    res = run("0.10.1", [A100], driver="570.153.02", dtype="half", quant="awq")
+    assert res.errors == [] and any("slow AWQ GEMM" in w and "0.10.1" in w for w in res.warnings)
+    def gemm(res):
+        return [w for w in res.warnings if "GEMM" in w]
+
+    assert not gemm(run("0.10.1", [T4], driver="570.153.02", dtype="half", quant="awq"))  # GEMM is all there is
+    assert not gemm(run("0.26.0", [H200], dtype="half", quant="awq"))  # AutoAWQ picks the fast kernel itself
+    assert not gemm(run("0.10.1", [A100], driver="570.153.02", dtype="half", quant="awq_marlin"))
+
+
+def test_auto_choices_follow_the_compute_capability_rules():
+    assert compat.auto_dtype(7.5, "auto") == "half" and compat.auto_dtype(7.5, "fp8") == "half"
+    assert compat.auto_dtype(compat.BF16_MIN_CC, "auto") is None  # vLLM's own (float16 for AWQ)
+    assert compat.auto_dtype(9.0, "fp8") == "bfloat16"
+    assert compat.auto_quantization(7.5) == "awq" and compat.auto_quantization(7.0) == "awq"  # check() refuses 7.0
+    assert compat.auto_quantization(compat.MARLIN_MIN_CC) is None  # vLLM upgrades the checkpoint to awq_marlin
+    # what auto picks, check() accepts
+    for gpu in (T4, A100, H200):
+        driver = "580.159.04" if gpu is H200 else "570.153.02"
+        dtype = compat.auto_dtype(gpu.cc, "auto") or "float16"
+        quant = compat.auto_quantization(gpu.cc) or "awq_marlin"
+        assert run("0.11.0", [gpu], driver=driver, dtype=dtype, quant=quant).errors == [], gpu.name
+
+
+def test_each_error_names_the_setting_it_is_filed_under():
+    results = [run("0.11.1", [A100], driver="570.153.02"), run("0.10.1", [A100], driver="latest"),
+               run("0.20.0", [V100], dtype="half", quant="awq"), run("0.10.1", [T4], driver="570.153.02",
+                                                                     dtype="bfloat16", quant="awq_marlin"),
+               run("0.23.0", [H200], dtype="bfloat16", quant="awq"), run("0.26.0", [H200], dtype="half", kv="fp8")]
+    keys = set()
+    for res in results:
+        assert res.errors and len(res.error_keys) == len(res.errors)
+        for key, message in zip(res.error_keys, res.errors):
+            assert key in message, (key, message)
+            keys.add(key)
+    assert keys == {"nvidia_driver_version", "vllm_image", "vllm_quantization", "vllm_dtype", "vllm_kv_cache_dtype"}

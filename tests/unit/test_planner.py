@@ -1,10 +1,26 @@
 """The pure serving planner: rules per arch, profiles, version-aware flags, compat refusals, capacity."""
 
+import dataclasses
+import hashlib
+import subprocess
+import sys
+from types import SimpleNamespace
+
 import pytest
 
-from gpu_llm.plan import PlanError, plan_instances, versions
+from gpu_llm.plan import (
+    InstanceConfig,
+    Mount,
+    PlanError,
+    ServeConfig,
+    gpus_needed,
+    plan_instances,
+    template_host_path,
+    versions,
+)
 from gpu_llm.plan.container import container_spec, docker_run_args, spec_hash
 from gpu_llm.plan.gpus import parse_compact
+from gpu_llm.plan.types import GPU
 from gpu_llm.settings import from_data
 
 TURING_4X = parse_compact("4x22528MiB@7.5:pcie", "570.153.02")  # seed: 4x RTX 2080 Ti 22 GB
@@ -13,8 +29,12 @@ A100_8X = parse_compact("8x40960MiB@8.0:nvlink", "570.153.02")
 H200 = parse_compact("1x143771MiB@9.0", "580.159.04")
 
 
+def config(**data) -> ServeConfig:
+    return ServeConfig.from_settings(from_data(data))
+
+
 def plan(gpus, **data):
-    [p] = plan_instances(gpus, from_data(data))
+    [p] = plan_instances(gpus, config(**data))
     return p
 
 
@@ -124,34 +144,167 @@ def test_a_configuration_that_cannot_hold_one_sequence_is_refused_with_numbers()
 
 
 def test_instances_split_the_gpus_and_pin_devices():
-    plans = plan_instances(TURING_4X, from_data({"vllm_instances": [
-        {"name": "qa", "port": 8000, "gpus": [0, 1]}, {"name": "qb", "port": 8001, "gpus": [2, 3]}]}))
+    plans = plan_instances(TURING_4X, config(vllm_instances=[
+        {"name": "qa", "port": 8000, "gpus": [0, 1]}, {"name": "qb", "port": 8001, "gpus": [2, 3]}]))
     assert [(p.container_name, p.port, p.gpu_indices, p.tensor_parallel_size) for p in plans] == \
         [("qa", 8000, [0, 1], 2), ("qb", 8001, [2, 3], 2)]
-    spec = container_spec(plans[1], from_data({"vllm_instances": [{"name": "qb", "port": 8001, "gpus": [2, 3]}]}), "t")
-    assert spec["gpus"] == '"device=2,3"'
+    assert container_spec(plans[1], "t")["gpus"] == '"device=2,3"'
     with pytest.raises(PlanError) as err:
-        plan_instances(TURING_4X, from_data({"vllm_instances": [{"name": "qa", "port": 8000, "gpus": [4, 5]}]}))
+        plan_instances(TURING_4X, config(vllm_instances=[{"name": "qa", "port": 8000, "gpus": [4, 5]}]))
     assert err.value.key == "vllm_instances"
 
 
 def test_spec_hash_tracks_every_part_of_the_spec_and_nothing_else():
-    s = from_data({})
     p = plan(H100)
-    base = container_spec(p, s, "aaa")
+    base = container_spec(p, "aaa")
     assert spec_hash(base) == spec_hash(dict(reversed(list(base.items()))))  # order-independent
-    assert spec_hash(container_spec(p, s, "bbb")) != spec_hash(base)  # template content
-    assert spec_hash(container_spec(plan(H100, vllm_max_num_seqs=64), s, "aaa")) != spec_hash(base)
-    assert spec_hash(container_spec(p, from_data({"vllm_restart_policy": "unless-stopped"}), "aaa")) != spec_hash(base)
-    keyed = container_spec(p, s, "aaa", api_key_sha256="k1", env_file="/etc/gpu-llm/coder.env")
+    assert spec_hash(container_spec(p, "bbb")) != spec_hash(base)  # template content
+    assert spec_hash(container_spec(plan(H100, vllm_max_num_seqs=64), "aaa")) != spec_hash(base)
+    assert spec_hash(container_spec(plan(H100, vllm_restart_policy="unless-stopped"), "aaa")) != spec_hash(base)
+    keyed_plan = plan(H100, vllm_api_key="sk-12345678")
+    keyed = container_spec(keyed_plan, "aaa", api_key_sha256="k1")
     assert keyed["ports"] == ["0.0.0.0:8000:8000"] and base["ports"] == ["127.0.0.1:8000:8000"]
+    assert keyed["env_file"] == "/etc/gpu-llm/coder.env" and base["env_file"] is None
     run = docker_run_args(keyed)
     assert "--env-file" in run and "k1" not in " ".join(run[run.index("--label") + 2:])
+    # without the key's digest (gpu-llm plan never reads the key) the spec is the keyless one, as before
+    assert container_spec(keyed_plan, "aaa") == base
+    with pytest.raises(ValueError, match="without a key"):
+        container_spec(p, "aaa", api_key_sha256="k1")
 
 
 def test_required_cuda_follows_the_image_setting():
     from gpu_llm.plan import required_cuda
 
-    assert required_cuda(from_data({"vllm_image": "vllm/vllm-openai:v0.12.0"})) == "12.9"
-    assert required_cuda(from_data({"vllm_image": "vllm/vllm-openai:v0.26.0"})) == "13.0"
-    assert required_cuda(from_data({})) == "12.4"  # auto: the oldest release in the table (0.8.5)
+    assert required_cuda(config(vllm_image="vllm/vllm-openai:v0.12.0")) == "12.9"
+    assert required_cuda(config(vllm_image="vllm/vllm-openai:v0.26.0")) == "13.0"
+    assert required_cuda(config()) == "12.4"  # auto: the oldest release in the table (0.8.5)
+
+
+def test_awq_needs_turing_and_marlin_ampere_whatever_the_setting():
+    v100 = parse_compact("2x32768MiB@7.0", "570.153.02")
+    for quant in ("auto", "awq", "awq_marlin"):
+        with pytest.raises(PlanError) as err:
+            plan(v100, vllm_quantization=quant, vllm_image="vllm/vllm-openai:v0.10.1")
+        assert err.value.key == "vllm_quantization" and "7.5" in str(err.value) and "7.0" in str(err.value)
+    with pytest.raises(PlanError) as err:
+        plan(TURING_4X, vllm_quantization="awq_marlin")
+    assert err.value.key == "vllm_quantization" and "awq_marlin" in str(err.value) and "8.0" in str(err.value)
+    assert flag(plan(TURING_4X, vllm_quantization="awq"), "--quantization") == "awq"
+
+
+def test_every_compat_error_is_reported_under_the_first_ones_setting():
+    v100 = parse_compact("1x32768MiB@7.0", "570.153.02")
+    with pytest.raises(PlanError) as err:
+        plan(v100, vllm_image="vllm/vllm-openai:v0.26.0")  # CUDA 13.0 image, no sm70 kernels, no AWQ on sm70
+    assert err.value.key == "nvidia_driver_version"
+    assert "CUDA 13.0" in str(err.value) and "no kernels" in str(err.value) and "AWQ" in str(err.value)
+
+
+def test_gpus_of_unknown_compute_capability_are_not_planned_for():
+    nodrv = [GPU(0, "NVIDIA H200", 143771, (0, 0), None)]
+    with pytest.raises(PlanError, match="unknown"):
+        plan_instances(nodrv, config())
+
+
+# Spec hashes of containers deployed by earlier versions: a configuration must keep its spec (a new hash recreates
+# every container). Taken from the code before the planner returned the container's inputs (issue 10). With
+# vllm_image "auto" the newest release in versions.py is part of the spec: a new release row changes those (and
+# recreates containers on deploy, as it should), the pinned-image rows never.
+KEYED = {"vllm_image": "vllm/vllm-openai:v0.26.0", "vllm_api_key": "sk-12345678", "vllm_bind": "10.0.0.5",
+         "vllm_cpuset_cpus": "0-55"}
+INSTANCES = {"vllm_image": "vllm/vllm-openai:v0.11.0", "vllm_instances": [
+    {"name": "qa", "port": 8000, "gpus": [0, 1]}, {"name": "qb", "port": 8001, "gpus": [2, 3]}]}
+
+
+@pytest.mark.parametrize(("gpus", "data", "hashes"), [
+    # `gpu-llm plan --gpus 1x81559MiB@9.0 --driver 570.153.02` prints spec-hash=cf94f573b43385f2733efda3
+    (H100, {}, {"coder": ("cf94f573b43385f2733efda3", "5545cd80308e8bf584331e4c")}),
+    (H200, {}, {"coder": ("e5e6deec836e14c1f39a5bdd", "61bb950c153ccbea620f5cab")}),
+    (TURING_4X, {}, {"coder": ("465bc1b6490d86cdf4ab078c", "90a63670c4b085989e94b491")}),
+    (H200, KEYED, {"coder": ("ecf6874d960cb70c25db50a1", "7fc8de8b036c64c906737027")}),
+    (TURING_4X, INSTANCES, {"qa": ("d5023dc5b86419ef0ebaf954", "05de379e2b8e3fe356c353bc"),
+                            "qb": ("23b61c5bc6bbf59892a8a446", "1d774a9d3f3dcf77aca3977d")}),
+])
+def test_spec_hashes_of_deployed_configurations_do_not_change(gpus, data, hashes):
+    digest = hashlib.sha256(b"secret-key").hexdigest() if "vllm_api_key" in data else None
+    got = {p.container_name: (spec_hash(container_spec(p, "<template>")),  # what `gpu-llm plan` shows
+                              spec_hash(container_spec(p, "0" * 64, api_key_sha256=digest)))  # what a deploy labels
+           for p in plan_instances(gpus, config(**data))}
+    assert got == hashes
+
+
+def test_keyed_spec_is_exactly_the_one_deployed_before():
+    [p] = plan_instances(H200, config(**KEYED))
+    assert container_spec(p, "0" * 64, api_key_sha256=hashlib.sha256(b"secret-key").hexdigest()) == {
+        "name": "coder", "image": "vllm/vllm-openai:v0.26.0",
+        "args": ["--model", "/model/Qwen3-32B-AWQ", "--served-model-name", "coder", "--tensor-parallel-size", "1",
+                 "--max-model-len", "32768", "--max-num-batched-tokens", "8192", "--gpu-memory-utilization", "0.93",
+                 "--block-size", "16", "--max-num-seqs", "256", "--chat-template", "/app/qwen3_nonthinking.jinja"],
+        "env": {}, "env_file": "/etc/gpu-llm/coder.env",
+        "api_key_sha256": "85dbe15d75ef9308c7ae0f33c7a324cc6f4bf519a2ed2f3027bd33c140a4f9aa",
+        "mounts": ["/home/llm/model/qwen/Qwen3-32B-AWQ:/model/Qwen3-32B-AWQ:ro",
+                   "/etc/gpu-llm/qwen3_nonthinking.jinja:/app/qwen3_nonthinking.jinja:ro"],
+        "template_sha256": "0" * 64, "ports": ["10.0.0.5:8000:8000"], "runtime": "nvidia", "gpus": "all",
+        "ipc": "host", "ulimits": {"memlock": "-1", "stack": "67108864"}, "restart": "always", "cpuset_cpus": "0-55"}
+
+
+def test_the_plan_holds_every_input_of_the_container_spec():
+    p = plan(H100, model_dir="/srv/models/Qwen-X", vllm_config_dir="/opt/gpu", vllm_chat_template="t.jinja",
+             vllm_port=9000, vllm_bind="10.0.0.5", vllm_api_key="sk-12345678", vllm_cpuset_cpus="0-7",
+             vllm_restart_policy="no", vllm_ulimits={"memlock": "-1"}, vllm_env={"NCCL_DEBUG": "WARN"})
+    assert p.model_mount == Mount("/srv/models/Qwen-X", "/model/Qwen-X") and flag(p, "--model") == "/model/Qwen-X"
+    assert p.template_mount == Mount("/opt/gpu/t.jinja", "/app/t.jinja")
+    assert flag(p, "--chat-template") == "/app/t.jinja"
+    assert p.template_mount.host == template_host_path("/opt/gpu", "t.jinja")  # the deploy puts the template there
+    assert (p.port, p.container_port, p.bind, p.env_file) == (9000, 8000, "10.0.0.5", "/opt/gpu/coder.env")
+    assert (p.gpus_request, p.ulimits, p.restart_policy, p.cpuset_cpus) == ("all", {"memlock": "-1"}, "no", "0-7")
+    spec = container_spec(p, "x", api_key_sha256="d")
+    assert spec["mounts"] == ["/srv/models/Qwen-X:/model/Qwen-X:ro", "/opt/gpu/t.jinja:/app/t.jinja:ro"]
+    assert (spec["ports"], spec["env_file"], spec["env"]) == (["10.0.0.5:9000:8000"], "/opt/gpu/coder.env",
+                                                               {"NCCL_DEBUG": "WARN"})
+    assert plan(H100).env_file is None  # no key, no env file
+
+
+def test_serve_config_reads_every_value_by_name_from_any_settings_object():
+    s = from_data({"vllm_api_key_file": "/keys/vllm", "vllm_extra_args": ["--enforce-eager"], "vllm_instances": [
+        {"name": "qa", "port": 8000, "gpus": [0, 1]},
+        {"name": "qb", "port": 8001, "gpus": [2], "served_model_name": "b"}]})
+    c = ServeConfig.from_settings(s)
+    assert c.vllm_instances == (InstanceConfig("qa", 8000, (0, 1)), InstanceConfig("qb", 8001, (2,), "b"))
+    assert c.keyed and c.vllm_extra_args == ("--enforce-eager",) and c.model_dir == s.model_dir
+    for f in dataclasses.fields(ServeConfig):
+        if f.name not in ("keyed", "vllm_instances", "vllm_extra_args"):
+            assert getattr(c, f.name) == getattr(s, f.name), f.name
+    assert not config().keyed and config(vllm_api_key="sk-12345678").keyed
+    # plain attributes (instances as objects too) give the same config: no dependency on gpu_llm.settings' types
+    values = {f.name: getattr(s, f.name) for f in dataclasses.fields(s)}
+    values["vllm_instances"] = [SimpleNamespace(name="qa", port=8000, gpus=[0, 1]),
+                                SimpleNamespace(name="qb", port=8001, gpus=[2], served_model_name="b")]
+    assert ServeConfig.from_settings(SimpleNamespace(**values)) == c
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        c.vllm_port = 1  # type: ignore[misc]
+    del values["vllm_max_model_len"]
+    with pytest.raises(AttributeError, match="vllm_max_model_len"):
+        ServeConfig.from_settings(SimpleNamespace(**values))
+
+
+def test_instances_serve_the_default_name_unless_they_name_their_own():
+    plans = plan_instances(TURING_4X, config(vllm_served_model_name="m", vllm_instances=[
+        {"name": "qa", "port": 8000, "gpus": [0, 1]}, {"name": "qb", "port": 8001, "gpus": [2, 3],
+                                                       "served_model_name": "b"}]))
+    assert [(p.served_model_name, flag(p, "--served-model-name")) for p in plans] == [("m", "m"), ("b", "b")]
+
+
+def test_gpus_needed_names_the_setting_that_asks():
+    assert gpus_needed(config()) == (1, "vllm_tensor_parallel_size")
+    assert gpus_needed(config(vllm_tensor_parallel_size=4)) == (4, "vllm_tensor_parallel_size")
+    assert gpus_needed(config(vllm_instances=[{"name": "qa", "port": 8000, "gpus": [0]},
+                                              {"name": "qb", "port": 8001, "gpus": [3]}])) == (4, "vllm_instances")
+
+
+def test_the_planner_imports_neither_settings_nor_pyinfra():
+    code = ("import sys, gpu_llm.plan, gpu_llm.plan.container, gpu_llm.plan.gpus; "
+            "print(sorted(m for m in sys.modules if m == 'gpu_llm.settings' or m.split('.')[0] == 'pyinfra'))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"

@@ -28,8 +28,8 @@ Test controls:
                            test reboots the host or stops the run)
   POST /_fake/arm          JSON {"file", "after", "times"} (any subset) re-arms the cut; SIGHUP re-arms with the
                            command-line values. GET /_fake/state shows what is armed.
-  --log PATH               one JSON line per request: method, path, range, auth (bool, never the token), status,
-                           bytes sent, cut.
+  --log PATH               one JSON line per request: time (its start) and end (epoch seconds), method, path,
+                           range, auth (bool, never the token), status, bytes sent, cut.
 The model repo: --repo-dir (default: hf_repo/ next to this file). Shards named in model.safetensors.index.json
 that are missing there are generated as valid safetensors files of deterministic bytes (size: --shard-mib,
 default from the index's total_size, 3 MiB each); .gitattributes is synthesised from --lfs patterns when absent.
@@ -302,6 +302,7 @@ class Handler(BaseHTTPRequestHandler):
         except (BrokenPipeError, ConnectionResetError):
             entry.update(status=0, error="client went away")
         finally:
+            entry["end"] = round(time.time(), 3)
             self.hub.log(entry)
             if getattr(self, "cut_link", False):
                 self.cut_link = False

@@ -1,0 +1,281 @@
+"""One read of a host's state: everything the deploy decides on, gathered by ONE remote command.
+
+A no-op re-run reads each host once (this snapshot) plus the endpoint check at the end. The snapshot is kept on the
+host object for the run; the one seam that drops it is `invalidate()`, called by gpu_llm.operations.operation when an
+operation starts changing the host (its first command, while executing) and by an op that needs to see what its own
+commands did (`fresh()`). What to read (paths, packages, units) comes from a `Probe`, built once per host and run
+from the settings (gpu_llm.layout.probe) and registered with `use()`.
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+from dataclasses import dataclass, field
+from typing import Any
+
+from pyinfra.api import FactBase
+from pyinfra.context import ContextObject, ctx_host
+
+from gpu_llm.facts import JsonFact
+from gpu_llm.facts.docker_daemon import DaemonJson, DockerDaemonJson, parse_daemon_json
+from gpu_llm.facts.files import FileState, FileStates, parse_file_states
+from gpu_llm.facts.gpu import GpuInventory, NvidiaGpus, parse_inventory
+from gpu_llm.facts.host import HostPreflight, Preflight, parse_preflight
+from gpu_llm.facts.model import ModelSnapshot, SnapshotState, VenvMarker, parse_snapshot_output
+from gpu_llm.facts.nvidia import DRIVER_PATTERNS, DriverState, NvidiaDriver, parse_driver_state
+
+PART = "##gpu-llm-part:"  # not a facts.MARK line: the parts' own section markers pass through untouched
+_FILE = "##gpu-llm-file:"
+
+
+@dataclass(frozen=True)
+class Probe:
+    """What the snapshot reads on a host (plain values derived from the settings)."""
+
+    model_dir: str  # preflight's free-disk check and the model snapshot
+    download_unit: str  # the model download's transient systemd unit
+    hf_venv: str  # its marker file says what pip installed
+    paths: tuple[str, ...] = ()  # small files and directories the deploys manage (mode, owner, sha256)
+    packages: tuple[str, ...] = ()  # apt packages whose installed version matters (driver packages always)
+    sources: tuple[str, ...] = ()  # apt .list files whose lines matter
+    services: tuple[str, ...] = ()  # systemd units whose active/enabled state matters
+
+    def kwargs(self) -> dict[str, Any]:
+        return {f: getattr(self, f) for f in self.__dataclass_fields__}
+
+
+@dataclass(frozen=True)
+class Service(JsonFact):
+    active: str = ""  # `systemctl is-active`: active, inactive, failed, ... ("" without systemd)
+    enabled: str = ""  # `systemctl is-enabled`: enabled, disabled, masked, ... ("" when unknown)
+
+
+@dataclass
+class HostState(JsonFact):
+    """Everything one snapshot read found. Parts reuse the parsers of the single-purpose facts."""
+
+    preflight: HostPreflight = field(default_factory=HostPreflight)
+    systemd: bool = False  # systemd is PID 1 (sd_booted(3): /run/systemd/system exists)
+    driver: DriverState = field(default_factory=DriverState)
+    gpus: GpuInventory = field(default_factory=lambda: GpuInventory(smi="missing"))
+    packages: dict[str, list[str]] = field(default_factory=dict)  # installed: name -> [version] (DebPackages' shape)
+    files: dict[str, FileState] = field(default_factory=dict)
+    sources: dict[str, list[str]] = field(default_factory=dict)  # apt .list file -> its lines (absent: missing)
+    daemon: DaemonJson = field(default_factory=DaemonJson)
+    services: dict[str, Service] = field(default_factory=dict)
+    venv_marker: str | None = None
+    model: SnapshotState = field(default_factory=lambda: SnapshotState(None))
+    containers: list[dict[str, Any]] = field(default_factory=list)  # `docker container inspect` objects
+    images: list[str] = field(default_factory=list)  # "repository:tag" of local images
+
+    @property
+    def distro(self) -> dict[str, Any]:
+        """pyinfra's LinuxDistribution shape ({"name", "major", "minor", "release_meta"}) from /etc/os-release."""
+        meta = self.preflight.release
+        major, _, minor = meta.get("VERSION_ID", "").partition(".")
+        return {"name": meta.get("NAME", ""), "major": int(major) if major.isdigit() else None,
+                "minor": int(minor) if minor.isdigit() else None, "release_meta": dict(meta)}
+
+    def service(self, name: str) -> Service:
+        return self.services.get(name, Service())
+
+
+# ---- the command -----------------------------------------------------------------------------------------------
+
+
+def _packages_command(names: tuple[str, ...]) -> str:
+    quoted = " ".join(shlex.quote(n) for n in (*DRIVER_PATTERNS, *names))
+    return f"dpkg-query -W -f='${{db:Status-Abbrev}}|${{Package}}|${{Version}}\\n' {quoted} 2>/dev/null; true"
+
+
+def _sources_command(paths: tuple[str, ...]) -> str:
+    return (f"for f in {' '.join(shlex.quote(p) for p in paths)}; do [ -f \"$f\" ] || continue; "
+            f"echo \"{_FILE}$f\"; cat \"$f\"; echo; done; true") if paths else "true"
+
+
+def _services_command(names: tuple[str, ...]) -> str:
+    if not names:
+        return "true"
+    return (f"for s in {' '.join(shlex.quote(n) for n in names)}; do "
+            'echo "$s|$(systemctl is-active "$s" 2>/dev/null)|$(systemctl is-enabled "$s" 2>/dev/null)"; done; true')
+
+
+CONTAINERS_COMMAND = ("if command -v docker >/dev/null 2>&1; then ids=$(docker ps -qa 2>/dev/null) && [ -n \"$ids\" ] "
+                      "&& docker container inspect $ids 2>/dev/null || echo '[]'; "
+                      "docker images --format '{{.Repository}}:{{.Tag}}' 2>/dev/null | sed 's/^/image /'; fi; true")
+
+
+def snapshot_command(probe: Probe) -> str:
+    """The one shell command: each part in its own subshell, after a part marker."""
+    parts = {
+        "preflight": Preflight().command(path=probe.model_dir),
+        "systemd": "[ -d /run/systemd/system ] && echo yes; true",
+        "driver": NvidiaDriver().command(),
+        "gpus": NvidiaGpus().command(),
+        "packages": _packages_command(probe.packages),
+        "files": FileStates().command(paths=probe.paths) if probe.paths else "true",
+        "sources": _sources_command(probe.sources),
+        "daemon": DockerDaemonJson().command(),
+        "services": _services_command(probe.services),
+        "venv": VenvMarker().command(venv=probe.hf_venv).get_raw_value(),
+        "model": ModelSnapshot().command(model_dir=probe.model_dir, unit=probe.download_unit).get_raw_value(),
+        "docker": CONTAINERS_COMMAND,
+    }
+    return "; ".join(f"echo '{PART}{name}'; ( {command} )" for name, command in parts.items())
+
+
+# ---- parsing (pure) ---------------------------------------------------------------------------------------------
+
+
+def split_parts(lines: list[str]) -> dict[str, list[str]]:
+    out: dict[str, list[str]] = {}
+    current: list[str] | None = None
+    for line in lines:
+        if line.startswith(PART):
+            current = out.setdefault(line[len(PART):].strip(), [])
+        elif current is not None:
+            current.append(line)
+    return out
+
+
+def parse_installed(lines: list[str]) -> dict[str, list[str]]:
+    """dpkg-query `status|name|version` lines -> {name: [version]} for installed (ii/hi) packages."""
+    out: dict[str, list[str]] = {}
+    for line in lines:
+        bits = line.split("|")
+        if len(bits) == 3 and len(bits[0]) >= 2 and bits[0][1] == "i":
+            out.setdefault(bits[1], []).append(bits[2].strip())
+    return out
+
+
+def parse_sources(lines: list[str]) -> dict[str, list[str]]:
+    out: dict[str, list[str]] = {}
+    current: list[str] | None = None
+    for line in lines:
+        if line.startswith(_FILE):
+            current = out.setdefault(line[len(_FILE):], [])
+        elif current is not None and line.strip():
+            current.append(line.strip())
+    return out
+
+
+def parse_services(lines: list[str]) -> dict[str, Service]:
+    out = {}
+    for line in lines:
+        name, sep, rest = line.partition("|")
+        if sep:
+            active, _, enabled = rest.partition("|")
+            out[name] = Service(active.strip(), enabled.strip())
+    return out
+
+
+def parse_docker(lines: list[str]) -> tuple[list[dict[str, Any]], list[str]]:
+    images = [line[6:].strip() for line in lines if line.startswith("image ")]
+    text = "\n".join(line for line in lines if not line.startswith("image ")).strip()
+    try:
+        containers = json.loads(text) if text else []
+    except ValueError:
+        containers = []
+    return (containers if isinstance(containers, list) else []), images
+
+
+def parse_snapshot(lines: list[str]) -> HostState:
+    p = split_parts(lines)
+    containers, images = parse_docker(p.get("docker", []))
+    venv = "\n".join(p.get("venv", [])).strip()
+    return HostState(
+        preflight=parse_preflight(p.get("preflight", [])),
+        systemd=bool(p.get("systemd")) and p["systemd"][0].strip() == "yes",
+        driver=parse_driver_state(p.get("driver", [])),
+        gpus=parse_inventory(p.get("gpus", [])),
+        packages=parse_installed(p.get("packages", [])),
+        files=parse_file_states(p.get("files", [])),
+        sources=parse_sources(p.get("sources", [])),
+        daemon=parse_daemon_json(p.get("daemon", [])),
+        services=parse_services(p.get("services", [])),
+        venv_marker=venv or None,
+        model=parse_snapshot_output(p.get("model", [])),
+        containers=containers,
+        images=images,
+    )
+
+
+class HostSnapshot(FactBase[HostState]):
+    """
+    Every piece of host state gpu-llm decides on, in one command (see Probe for what it is told to read).
+
+    .. code:: python
+
+        HostState(preflight=HostPreflight(os_id="ubuntu-24.04", ...), driver=DriverState(...), gpus=GpuInventory(...),
+                  files={"/etc/gpu-llm": FileState("dir", 755, "root", "root")}, containers=[...], ...)
+    """
+
+    @staticmethod
+    def default() -> HostState:
+        return HostState()
+
+    def command(self, model_dir: str, download_unit: str, hf_venv: str, paths: tuple[str, ...] = (),
+                packages: tuple[str, ...] = (), sources: tuple[str, ...] = (), services: tuple[str, ...] = ()) -> str:
+        return snapshot_command(Probe(model_dir, download_unit, hf_venv, paths, packages, sources, services))
+
+    def process(self, output: list[str]) -> HostState:
+        return parse_snapshot(output)
+
+
+# ---- the seam: one snapshot per host until something changes it --------------------------------------------------
+
+_STATE = "_gpu_llm_snapshot"  # lives on the host object: it ends with the run (and with each test's host)
+_PROBE = "_gpu_llm_probe"
+
+
+def _real(host: Any) -> Any:
+    return ctx_host.get() if isinstance(host, ContextObject) else host  # pyinfra's `host` proxy -> the real one
+
+
+def use(host: Any, probe: Probe) -> None:
+    """Tell the snapshot what to read on `host` (the deploys call this with the same probe every time)."""
+    h = vars(_real(host))
+    if h.get(_PROBE) != probe:
+        h[_PROBE] = probe
+        h.pop(_STATE, None)
+
+
+def current(host: Any) -> HostState:
+    """The host's state: read once, reused until invalidate()."""
+    h = vars(_real(host))
+    if _STATE not in h:
+        probe = h.get(_PROBE)
+        if probe is None:
+            raise RuntimeError("gpu_llm.facts.snapshot.use(host, probe) was not called before reading host state")
+        h[_STATE] = _real(host).get_fact(HostSnapshot, **probe.kwargs())
+    return h[_STATE]
+
+
+def invalidate(host: Any) -> None:
+    """Something on the host is changing: the next current() reads it again."""
+    vars(_real(host)).pop(_STATE, None)
+
+
+def fresh(host: Any) -> HostState:
+    """Read again now (after commands of the calling operation ran)."""
+    invalidate(host)
+    return current(host)
+
+
+def prefetch(state: Any, probes: dict[Any, Probe]) -> None:
+    """Read the snapshot of every host in `probes` at once, in parallel (pyinfra prepares deploy.py one host after
+    another, so a fact read in there costs one round trip per host in a row; see pyinfra.api.facts.get_facts)."""
+    import gevent
+
+    def read(host: Any, probe: Probe) -> HostState:
+        with ctx_host.use(host):
+            return host.get_fact(HostSnapshot, **probe.kwargs())
+
+    pending = {}
+    for host, probe in probes.items():
+        use(host, probe)
+        if _STATE not in vars(host):
+            pending[state.pool.spawn(read, host, probe)] = host
+    for greenlet in gevent.iwait(list(pending)):
+        vars(pending[greenlet])[_STATE] = greenlet.get()

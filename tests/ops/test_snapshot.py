@@ -1,0 +1,71 @@
+"""The host snapshot: one shell command gathers every part, each part parsed by its own fact's parser."""
+
+from __future__ import annotations
+
+import hashlib
+import subprocess
+from pathlib import Path
+
+from gpu_llm.facts.snapshot import HostSnapshot, Probe, parse_snapshot, snapshot_command, split_parts
+
+
+def test_one_command_reads_every_part_on_a_real_shell(tmp_path: Path) -> None:
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "config.json").write_text("{}")
+    conf = tmp_path / "x.conf"
+    conf.write_bytes(b"blacklist nouveau\n")
+    source = tmp_path / "docker.list"
+    source.write_text("deb [signed-by=/k.asc] https://download.docker.com/linux/ubuntu noble stable\n")
+    venv = tmp_path / "venv"
+    (venv / "bin").mkdir(parents=True)
+    (venv / "bin" / "python").write_text("")
+    (venv / "bin" / "python").chmod(0o755)
+    (venv / ".gpu-llm-requirements").write_text("requests\n")
+    probe = Probe(model_dir=str(model), download_unit="gpu-llm-test.service", hf_venv=str(venv),
+                  paths=(str(conf), str(tmp_path / "absent")), packages=("bash",), sources=(str(source),),
+                  services=("gpu-llm-test",))
+    out = subprocess.run(["sh", "-c", snapshot_command(probe)], capture_output=True, text=True, check=True)
+    parts = split_parts(out.stdout.splitlines())
+    assert set(parts) == {"preflight", "systemd", "driver", "gpus", "packages", "files", "sources", "daemon",
+                          "services", "venv", "model", "docker"}
+    state = HostSnapshot().process(out.stdout.splitlines())
+    assert state.preflight.uid >= 0 and state.preflight.arch and state.preflight.release.get("ID")
+    assert state.files[str(conf)].sha256 == hashlib.sha256(b"blacklist nouveau\n").hexdigest()
+    assert state.files[str(tmp_path / "absent")].kind == "absent"
+    assert state.sources[str(source)] == [source.read_text().strip()]
+    assert state.venv_marker == "requests"
+    assert state.model.sizes == {"config.json": 2} and state.model.manifest is None
+    assert "bash" in state.packages  # dpkg-query answered for an installed package
+    assert state.distro["release_meta"]["ID"] == state.preflight.release["ID"]
+
+
+def test_parts_are_parsed_apart_even_when_docker_is_missing() -> None:
+    lines = ["##gpu-llm-part:preflight", "##gpu-llm:uid", "0", "##gpu-llm-part:systemd", "yes",
+             "##gpu-llm-part:services", "docker|active|enabled", "##gpu-llm-part:docker",
+             '[{"Name": "/coder", "Config": {"Labels": {}}, "State": {"Running": true}}]', "image vllm/vllm-openai:v0.11.0",
+             "##gpu-llm-part:packages", "ii |docker-ce|5:28.0.1-1~ubuntu.24.04~noble", "rc |docker.io|1",
+             "hi |nvidia-driver-570-open|570.172.08-0ubuntu1"]
+    state = parse_snapshot(lines)
+    assert state.systemd and state.preflight.uid == 0
+    assert state.service("docker").active == "active" and state.service("other").active == ""
+    assert [c["Name"] for c in state.containers] == ["/coder"] and state.images == ["vllm/vllm-openai:v0.11.0"]
+    assert state.packages == {"docker-ce": ["5:28.0.1-1~ubuntu.24.04~noble"],
+                              "nvidia-driver-570-open": ["570.172.08-0ubuntu1"]}
+    empty = parse_snapshot([])
+    assert empty.containers == [] and not empty.systemd and empty.gpus.smi == "missing"
+
+
+def test_every_path_the_deploys_manage_is_in_the_probe() -> None:
+    """A path an op reads but the probe lacks would read as unknown (and refuse): the probe lists them all."""
+    from gpu_llm import layout
+    from gpu_llm.settings import from_data
+
+    s = from_data({"vllm_instances": [{"name": "a1", "port": 8001, "gpus": [0]}, {"name": "a2", "port": 8002,
+                                                                                    "gpus": [1]}]})
+    p = layout.probe(s)
+    for path in (layout.template_path(s), layout.env_file_path(s.vllm_config_dir, "a1"),
+                 layout.env_file_path(s.vllm_config_dir, "a2"), layout.token_path(s), layout.UDEV_RULE,
+                 layout.DRIVER_PIN, layout.keyring_deb(s.nvidia_cuda_keyring_version), s.model_dir):
+        assert path in p.paths
+    assert "/etc/apt/sources.list.d/docker.list" in p.sources and "docker" in p.services
