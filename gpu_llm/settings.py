@@ -299,8 +299,8 @@ class Settings:
         "Driver branch (major version); packages are `nvidia-driver-<branch>[-open]`.")
     nvidia_driver_version: str = setting(
         "570.172.08", _str(_VERSION3, 'a driver version like "570.153.02"'),
-        "Exact driver version, pinned with apt preferences and held. NVIDIA's CUDA apt repo lacks the seed blog's "
-        "570.153.02 (its 570 releases: .124.06 .133.20 .148.08 .158.01 .172.08 .195.03).")
+        "Exact driver version, pinned with apt preferences and held. NVIDIA's CUDA apt repo lacks "
+        "570.153.02 (used by github.com/jackypanster/deploy-qwen3-32b-awq) (its 570 releases: .124.06 .133.20 .148.08 .158.01 .172.08 .195.03).")
     nvidia_driver_open: bool = setting(
         True, _bool, "Open kernel modules (right for Turing and newer); false installs the proprietary modules.")
     nvidia_driver_replace: bool = setting(
@@ -351,7 +351,7 @@ class Settings:
         "Revision to download: a commit (pinned) or a branch/tag (resolved to a commit and reported).")
     model_dir: str = setting(
         "/home/llm/model/qwen/Qwen3-32B-AWQ", _abs_path,
-        "Absolute path on the host where the model snapshot is stored (the seed blog's path).")
+        "Absolute path on the host where the model snapshot is stored (the path github.com/jackypanster/deploy-qwen3-32b-awq uses).")
     model_owner: str = setting(
         "root", _str(r"[a-z_][a-z0-9_-]*", "a user name"), "Owner of model_dir and its files.")
     hf_venv: str = setting(
@@ -385,7 +385,7 @@ class Settings:
         'vLLM release inside vllm_image when its tag is not a version (e.g. "0.10.1"); null: read the tag.')
     vllm_profile: Profile = setting(
         "auto", _choice(*PROFILES),
-        'Tuning profile: "balanced" (seed blog), "max-context" (seed 4x2080 Ti recipe) or "auto" (planner).')
+        'Tuning profile: "balanced" (github.com/jackypanster/deploy-qwen3-32b-awq), "max-context" (github.com/jackypanster/qwen3-32b-awq on 4x 2080 Ti) or "auto" (planner).')
     vllm_tensor_parallel_size: Literal["auto"] | int = setting(
         "auto", _tp, '`--tensor-parallel-size`; "auto" = the number of GPUs given to the instance.')
     vllm_gpu_memory_utilization: float | None = setting(
@@ -413,12 +413,12 @@ class Settings:
         "auto", _choice("auto", "fp8", "fp8_e4m3", "fp8_e5m2"), "`--kv-cache-dtype`.")
     vllm_served_model_name: str = setting(
         "coder", _str(r"[A-Za-z0-9][A-Za-z0-9_./:-]*", "a model name of letters, digits, . _ / : -"),
-        "Name clients use in the API (seed: coder).")
+        "Name clients use in the API (coder, as in github.com/jackypanster/deploy-qwen3-32b-awq).")
     vllm_container_name: str = setting(
         "coder", _str(_NAME, "a Docker container name: 2+ letters, digits, _ . -"),
-        'Container name (seed: coder); instances get `<name>-<n>` unless named in vllm_instances.')
+        'Container name; instances get `<name>-<n>` unless named in vllm_instances.')
     vllm_port: int = setting(
-        8000, _int(1, 65535), "Host port of the OpenAI-compatible API (seed: 8000).")
+        8000, _int(1, 65535), "Host port of the OpenAI-compatible API .")
     vllm_bind: str = setting(
         "0.0.0.0", _ip, "Address the port is published on when an API key is set (without a key: 127.0.0.1 only).")
     vllm_api_key: str | None = setting(
@@ -436,12 +436,12 @@ class Settings:
         {}, _dict_of_str, "Extra environment variables for the container.")
     vllm_restart_policy: Literal["no", "always", "unless-stopped", "on-failure"] = setting(
         "always", _choice("no", "always", "unless-stopped", "on-failure"),
-        "Docker restart policy of the container (seed: always).")
+        "Docker restart policy of the container .")
     vllm_cpuset_cpus: str | None = setting(
         None, _str(r"\d+(-\d+)?(,\d+(-\d+)?)*", 'a CPU list like "0-55" or "0,2,4"', allow_none=True),
-        '`--cpuset-cpus` for the container (seed: "0-55"), or null for all CPUs.')
+        '`--cpuset-cpus` for the container (e.g. "0-55"), or null for all CPUs.')
     vllm_ulimits: dict[str, str] = setting(
-        {"memlock": "-1", "stack": "67108864"}, _dict_of_str, "Container ulimits (seed: memlock=-1, stack=67108864).")
+        {"memlock": "-1", "stack": "67108864"}, _dict_of_str, "Container ulimits (memlock=-1, stack=67108864 as in github.com/jackypanster/deploy-qwen3-32b-awq).")
     vllm_config_dir: str = setting(
         "/etc/gpu-llm", _abs_path, "Directory on the host holding the chat template and env files.")
     vllm_chat_template: str = setting(

@@ -262,20 +262,3 @@ def fresh(host: Any) -> HostState:
     invalidate(host)
     return current(host)
 
-
-def prefetch(state: Any, probes: dict[Any, Probe]) -> None:
-    """Read the snapshot of every host in `probes` at once, in parallel (pyinfra prepares deploy.py one host after
-    another, so a fact read in there costs one round trip per host in a row; see pyinfra.api.facts.get_facts)."""
-    import gevent
-
-    def read(host: Any, probe: Probe) -> HostState:
-        with ctx_host.use(host):
-            return host.get_fact(HostSnapshot, **probe.kwargs())
-
-    pending = {}
-    for host, probe in probes.items():
-        use(host, probe)
-        if _STATE not in vars(host):
-            pending[state.pool.spawn(read, host, probe)] = host
-    for greenlet in gevent.iwait(list(pending)):
-        vars(pending[greenlet])[_STATE] = greenlet.get()

@@ -35,10 +35,10 @@ class PlanError(ValueError):
         super().__init__(message)
 
 
-# Profiles. balanced = the seed blog's flags (seeds/000: util 0.93, 4096 batched tokens, block 32, chunked
-# prefill); max-context = the seed's 4x2080 Ti "extreme" recipe (seeds/003: util 0.96, 32768 batched tokens,
+# Profiles. balanced = github.com/jackypanster/deploy-qwen3-32b-awq's flags (util 0.93, 4096 batched tokens, block 32, chunked
+# prefill); max-context = github.com/jackypanster/qwen3-32b-awq's 4x2080 Ti run.sh (util 0.96, 32768 batched tokens,
 # block 16, prefix caching, 64 seqs); auto = 8192 batched tokens and 256 seqs, the best-measured config on an
-# H200 (reference/vllm-h200-results.md: "marlin-auto" 1818.8 tok/s vs 1498.0 with 64 seqs), 4096 on small cards.
+# H200 (vLLM 0.26.0: "marlin-auto" 1818.8 tok/s vs 1498.0 with 64 seqs; tests/fixtures/vllm_logs/h200_*), 4096 on small cards.
 PROFILES: dict[str, dict[str, Any]] = {
     "balanced": {"gpu_memory_utilization": 0.93, "max_num_batched_tokens": 4096, "block_size": 32,
                  "enable_chunked_prefill": True, "enable_prefix_caching": None, "max_num_seqs": None},

@@ -32,9 +32,9 @@ class CompatResult:
 def auto_dtype(min_cc: float, kv_cache_dtype: str) -> str | None:
     """--dtype for vllm_dtype "auto" on GPUs whose weakest has compute capability `min_cc`; None: vLLM's own."""
     if min_cc < BF16_MIN_CC:
-        return "half"  # no bf16 below Ampere (seed blog: --dtype half on Turing)
+        return "half"  # no bf16 below Ampere (github.com/jackypanster/deploy-qwen3-32b-awq: --dtype half on Turing)
     if kv_cache_dtype != "auto":
-        return "bfloat16"  # fp8 KV needs bf16 activations on sm90 (vllm-h200-results.md, vLLM 0.26)
+        return "bfloat16"  # fp8 KV needs bf16 activations on sm90 (tests/fixtures/vllm_logs/h200_tp1_u093_b8192_fp8.json, vLLM 0.26)
     return None  # vLLM picks float16 for AWQ checkpoints
 
 

@@ -45,7 +45,7 @@ class ModelSpec:
 # Qwen/Qwen3-32B-AWQ config.json (huggingface.co/Qwen/Qwen3-32B-AWQ): 64 layers, 64 q heads, 8 kv heads,
 # head_dim 128, hidden 5120, intermediate 25600, vocab 151936, max_position_embeddings 40960,
 # AWQ 4-bit, group 128. weights_gib: vLLM 0.26 "Model loading took 18.59 GiB" on an H200
-# (../shared/reference/vllm-h200-results.md). disk: 19.0 GiB (model-0000[1-4]-of-00004.safetensors).
+# (tests/fixtures/vllm_logs/h200_tp1_u093_b8192_fp16.json). disk: 19.0 GiB (model-0000[1-4]-of-00004.safetensors).
 QWEN3_32B_AWQ = ModelSpec(
     name="Qwen/Qwen3-32B-AWQ",
     num_layers=64,

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 #      vllm/model_executor/layers/quantization/{__init__,awq,awq_marlin,auto_awq}.py; vllm/config/cache.py).
 # [N]  NVIDIA CUDA Toolkit release notes, table "CUDA Toolkit and Corresponding Driver Versions"
 #      (https://docs.nvidia.com/cuda/cuda-toolkit-release-notes/index.html), Linux x86_64 minimum driver.
-# [M]  shared/reference/vllm-h200-results.md: vLLM 0.26.0 measured on an H200, driver 580.159.04.
+# [M]  measured: vLLM 0.26.0 on an H200, driver 580.159.04 (tests/fixtures/vllm_logs/h200_*, tests/fixtures/h200-host).
 # [U]  not verified from a primary source: stated from memory or inferred; see the comment on the row.
 
 # ---- NVIDIA driver -> CUDA ----------------------------------------------------------------------------------
@@ -44,7 +44,7 @@ DRIVER_CUDA: dict[int, tuple[int, int]] = {
     565: (12, 7),
     570: (12, 8),
     575: (12, 9),
-    580: (13, 0),  # [M] 580.159.04 reports CUDA 13.0 (shared/reference/h200-host nvidia-smi)
+    580: (13, 0),  # [M] 580.159.04 reports CUDA 13.0 (tests/fixtures/h200-host nvidia-smi)
     590: (13, 1),  # [U]
 }
 

@@ -1,6 +1,7 @@
 """No-op re-run benchmark (benchmarks/rerun.py) once on the session testbed: prints b/a and c/b, checks the JSON.
 
-A benchmark, not a timed test: the targets (b/a <= 3, c/b <= 1.5) are reported, never asserted."""
+A benchmark, not a timed test: the time targets (b/a <= 1.8, c/b <= 1.3) are reported, never asserted; the count of
+remote commands per no-op host (one snapshot + the endpoint check, target <= 4) is not a timing and is asserted."""
 
 from __future__ import annotations
 
@@ -34,6 +35,7 @@ def test_rerun_benchmark_writes_sane_numbers(testbed: Testbed, tmp_path: Path,
     assert cmds["a"]["total"] == 1 and len(saved["remote_commands_b"]) == cmds["b"]["total"]
     assert cmds["b"]["hosts"] == 1 and cmds["c"]["hosts"] == HOSTS
     assert cmds["c"]["per_host_max"] == cmds["b"]["total"]
+    assert cmds["b"]["total"] <= 4, saved["remote_commands_b"]
     with capsys.disabled():  # into CI's log even under -q
         print(f"\nrerun benchmark ({HOSTS} hosts, {REPS} reps, medians a {med['a']:.2f} s, b {med['b']:.2f} s, "
               f"c {med['c']:.2f} s; {cmds['b']['total']} remote commands per no-op host):\n"
