@@ -23,6 +23,8 @@ NVCT_KEY = f"{KEYRINGS}/nvidia-container-toolkit.asc"
 UDEV_RULE = "/etc/udev/rules.d/71-nvidia-dev-char.rules"
 LOG_DIR = "/var/log/gpu-llm"
 DOWNLOAD_UNIT = "gpu-llm-model-download.service"
+IMAGE_PULL_UNIT = "gpu-llm-image-pull.service"
+IMAGE_PULL_LOG = f"{LOG_DIR}/image-pull.log"
 DOCKER_SERVICE = "docker"
 # apt sources (files under /etc/apt/sources.list.d/, without .list)
 DOCKER_SOURCE = "docker"
@@ -95,4 +97,4 @@ def probe(s: _Settings) -> Probe:
     packages = (*OTHER_PACKAGES, *DOCKER_CE_PACKAGES, *NVCT_PACKAGES, cuda_toolkit_package(s.cuda_toolkit_version))
     return Probe(model_dir=s.model_dir, download_unit=DOWNLOAD_UNIT, hf_venv=s.hf_venv,
                  paths=tuple(dict.fromkeys(paths)), packages=packages,
-                 sources=tuple(source_file(name) for name in sources), services=(DOCKER_SERVICE,))
+                 sources=tuple(source_file(name) for name in sources), services=(DOCKER_SERVICE, IMAGE_PULL_UNIT))

@@ -418,7 +418,7 @@ class Settings:
         "coder", _str(_NAME, "a Docker container name: 2+ letters, digits, _ . -"),
         'Container name; instances get `<name>-<n>` unless named in vllm_instances.')
     vllm_port: int = setting(
-        8000, _int(1, 65535), "Host port of the OpenAI-compatible API .")
+        8000, _int(1, 65535), "Host port of the OpenAI-compatible API.")
     vllm_bind: str = setting(
         "0.0.0.0", _ip, "Address the port is published on when an API key is set (without a key: 127.0.0.1 only).")
     vllm_api_key: str | None = setting(
@@ -436,7 +436,7 @@ class Settings:
         {}, _dict_of_str, "Extra environment variables for the container.")
     vllm_restart_policy: Literal["no", "always", "unless-stopped", "on-failure"] = setting(
         "always", _choice("no", "always", "unless-stopped", "on-failure"),
-        "Docker restart policy of the container .")
+        "Docker restart policy of the container.")
     vllm_cpuset_cpus: str | None = setting(
         None, _str(r"\d+(-\d+)?(,\d+(-\d+)?)*", 'a CPU list like "0-55" or "0,2,4"', allow_none=True),
         '`--cpuset-cpus` for the container (e.g. "0-55"), or null for all CPUs.')

@@ -10,12 +10,12 @@ from __future__ import annotations
 from pyinfra.api import deploy
 
 from gpu_llm.deploys import host_settings
-from gpu_llm.layout import LOG_DIR
+from gpu_llm.layout import IMAGE_PULL_LOG, IMAGE_PULL_UNIT
 from gpu_llm.operations import image as image_ops
 from gpu_llm.plan import ServeConfig
 
-UNIT = "gpu-llm-image-pull.service"
-LOG_FILE = f"{LOG_DIR}/image-pull.log"
+UNIT = IMAGE_PULL_UNIT
+LOG_FILE = IMAGE_PULL_LOG
 # One attempt's limit (RuntimeMaxSec): a ~10 GB image over a slow link; a re-run keeps the layers already pulled.
 PULL_TIMEOUT_S = 4 * 3600
 PULL = image_ops.Pull(unit=UNIT, log_file=LOG_FILE, timeout_s=PULL_TIMEOUT_S)

@@ -67,7 +67,7 @@ class HostState(JsonFact):
     venv_marker: str | None = None
     model: SnapshotState = field(default_factory=lambda: SnapshotState(None))
     containers: list[dict[str, Any]] = field(default_factory=list)  # `docker container inspect` objects
-    images: list[str] = field(default_factory=list)  # "repository:tag" of local images
+    images: list[str] = field(default_factory=list)  # local images as "repository:tag" and "repository@digest"
 
     @property
     def distro(self) -> dict[str, Any]:
@@ -103,7 +103,8 @@ def _services_command(names: tuple[str, ...]) -> str:
 
 CONTAINERS_COMMAND = ("if command -v docker >/dev/null 2>&1; then ids=$(docker ps -qa 2>/dev/null) && [ -n \"$ids\" ] "
                       "&& docker container inspect $ids 2>/dev/null || echo '[]'; "
-                      "docker images --format '{{.Repository}}:{{.Tag}}' 2>/dev/null | sed 's/^/image /'; fi; true")
+                      "docker images --digests --format 'image {{.Repository}}:{{.Tag}} {{.Repository}}@{{.Digest}}' 2>/dev/null; "
+                      "fi; true")
 
 
 def snapshot_command(probe: Probe) -> str:
@@ -171,7 +172,8 @@ def parse_services(lines: list[str]) -> dict[str, Service]:
 
 
 def parse_docker(lines: list[str]) -> tuple[list[dict[str, Any]], list[str]]:
-    images = [line[6:].strip() for line in lines if line.startswith("image ")]
+    images = [ref for line in lines if line.startswith("image ") for ref in line.split()[1:]
+              if not ref.endswith((":<none>", "@<none>"))]
     text = "\n".join(line for line in lines if not line.startswith("image ")).strip()
     try:
         containers = json.loads(text) if text else []

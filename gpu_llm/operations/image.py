@@ -11,7 +11,8 @@ from dataclasses import dataclass
 from pyinfra import host, state
 from pyinfra.api import FunctionCommand, QuoteString, StringCommand
 
-from gpu_llm.facts.image import ImagePull, ImageState
+from gpu_llm.facts import snapshot
+from gpu_llm.facts.image import ImageState, image_state
 from gpu_llm.operations import operation
 from gpu_llm.operations.vllm import NotPlannable, host_plans
 from gpu_llm.plan import ServeConfig
@@ -69,8 +70,8 @@ def join_command(p: Pull, images: list[str], restart: StringCommand | None = Non
 
 
 def _report(state, host, images: list[str], unit: str) -> bool:  # noqa: ANN001 (pyinfra passes its State and Host)
-    pulled: ImageState = host.get_fact(ImagePull, images=tuple(images), unit=unit)
-    host.log(", ".join(f"image {i} pulled ({pulled.ids.get(i, '?')[:19]})" for i in images))
+    pulled: ImageState = image_state(snapshot.fresh(host), images, unit)
+    host.log(", ".join(f"image {i} pulled" for i in pulled.present))
     return True
 
 
@@ -92,7 +93,7 @@ def pull_started(config: ServeConfig, p: Pull):  # noqa: ANN201 (op commands)
         if not state.is_executing:
             yield StringCommand(":", QuoteString("the image is planned from the GPUs once the driver is in"))
         return
-    current: ImageState = host.get_fact(ImagePull, images=tuple(images), unit=p.unit)
+    current: ImageState = image_state(snapshot.current(host), images, p.unit)
     missing = current.missing(images)
     if not missing:
         host.noop(", ".join(f"image {i} present" for i in images))
@@ -111,7 +112,7 @@ def pull_joined(config: ServeConfig, p: Pull):  # noqa: ANN201
         if not state.is_executing:
             yield StringCommand(":", QuoteString("the image is planned from the GPUs once the driver is in"))
         return
-    current: ImageState = host.get_fact(ImagePull, images=tuple(images), unit=p.unit)
+    current: ImageState = image_state(snapshot.current(host), images, p.unit)
     missing = current.missing(images)
     if not missing:
         host.noop(", ".join(f"image {i} present" for i in images))

@@ -266,7 +266,7 @@ def test_markdown_table_has_every_setting_with_default_allowed_values_and_doc():
     rows = [r for r in settings.markdown_table().splitlines() if r.startswith("| `")]
     assert [r.split("`")[1] for r in rows] == list(DEFAULTS)
     port = next(r for r in rows if r.startswith("| `vllm_port` "))
-    assert port == "| `vllm_port` | `8000` | an integer from 1 to 65535 | Host port of the OpenAI-compatible API (seed: 8000). |"
+    assert port == "| `vllm_port` | `8000` | an integer from 1 to 65535 | Host port of the OpenAI-compatible API. |"
     assert "| **NVIDIA Container Toolkit** | | | |" in settings.markdown_table()
     assert all(r.count(" | ") == 3 for r in rows)  # no unescaped | inside a cell
 
