@@ -66,7 +66,7 @@ class HostState(JsonFact):
     services: dict[str, Service] = field(default_factory=dict)
     venv_marker: str | None = None
     model: SnapshotState = field(default_factory=lambda: SnapshotState(None))
-    containers: list[dict[str, Any]] = field(default_factory=list)  # `docker container inspect` objects
+    containers: list[dict[str, Any]] = field(default_factory=list)  # INSPECT_FORMAT's part of `docker inspect`
     images: list[str] = field(default_factory=list)  # local images as "repository:tag" and "repository@digest"
 
     @property
@@ -101,8 +101,13 @@ def _services_command(names: tuple[str, ...]) -> str:
             'echo "$s|$(systemctl is-active "$s" 2>/dev/null)|$(systemctl is-enabled "$s" 2>/dev/null)"; done; true')
 
 
+# Only what the deploy decides on, one JSON object per container: a full `docker inspect` would carry the containers'
+# environment (the API key from the env file) into pyinfra's -vvv output.
+INSPECT_FORMAT = ('{"Name": {{json .Name}}, "Id": {{json .Id}}, "Config": {"Labels": {{json .Config.Labels}}}, '
+                  '"State": {"Running": {{json .State.Running}}, "Status": {{json .State.Status}}, '
+                  '"StartedAt": {{json .State.StartedAt}}}}')
 CONTAINERS_COMMAND = ("if command -v docker >/dev/null 2>&1; then ids=$(docker ps -qa 2>/dev/null) && [ -n \"$ids\" ] "
-                      "&& docker container inspect $ids 2>/dev/null || echo '[]'; "
+                      f"&& docker container inspect --format {shlex.quote(INSPECT_FORMAT)} $ids 2>/dev/null; "
                       "docker images --digests --format 'image {{.Repository}}:{{.Tag}} {{.Repository}}@{{.Digest}}' 2>/dev/null; "
                       "fi; true")
 
@@ -123,13 +128,15 @@ def snapshot_command(probe: Probe) -> str:
         "model": ModelSnapshot().command(model_dir=probe.model_dir, unit=probe.download_unit).get_raw_value(),
         "docker": CONTAINERS_COMMAND,
     }
-    return "; ".join(f"echo '{PART}{name}'; ( {command} )" for name, command in parts.items())
+    # a marker starts on a line of its own even when the part before ended without a newline (cat of a file)
+    return "; ".join(f"printf '\\n{PART}{name}\\n'; ( {command} )" for name, command in parts.items())
 
 
 # ---- parsing (pure) ---------------------------------------------------------------------------------------------
 
 
 def split_parts(lines: list[str]) -> dict[str, list[str]]:
+    """{part: its lines}, without the empty line each marker's leading newline leaves at the end of a part."""
     out: dict[str, list[str]] = {}
     current: list[str] | None = None
     for line in lines:
@@ -137,6 +144,9 @@ def split_parts(lines: list[str]) -> dict[str, list[str]]:
             current = out.setdefault(line[len(PART):].strip(), [])
         elif current is not None:
             current.append(line)
+    for part in out.values():
+        while part and not part[-1].strip():
+            part.pop()
     return out
 
 
@@ -172,14 +182,19 @@ def parse_services(lines: list[str]) -> dict[str, Service]:
 
 
 def parse_docker(lines: list[str]) -> tuple[list[dict[str, Any]], list[str]]:
+    """INSPECT_FORMAT lines (one container each) and `image <repo:tag> <repo@digest>` lines."""
     images = [ref for line in lines if line.startswith("image ") for ref in line.split()[1:]
               if not ref.endswith((":<none>", "@<none>"))]
-    text = "\n".join(line for line in lines if not line.startswith("image ")).strip()
-    try:
-        containers = json.loads(text) if text else []
-    except ValueError:
-        containers = []
-    return (containers if isinstance(containers, list) else []), images
+    containers = []
+    for line in lines:
+        if line.startswith("{"):
+            try:
+                item = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(item, dict):
+                containers.append(item)
+    return containers, images
 
 
 def parse_snapshot(lines: list[str]) -> HostState:

@@ -43,7 +43,7 @@ def test_one_command_reads_every_part_on_a_real_shell(tmp_path: Path) -> None:
 def test_parts_are_parsed_apart_even_when_docker_is_missing() -> None:
     lines = ["##gpu-llm-part:preflight", "##gpu-llm:uid", "0", "##gpu-llm-part:systemd", "yes",
              "##gpu-llm-part:services", "docker|active|enabled", "##gpu-llm-part:docker",
-             '[{"Name": "/coder", "Config": {"Labels": {}}, "State": {"Running": true}}]', "image vllm/vllm-openai:v0.11.0",
+             '{"Name": "/coder", "Config": {"Labels": {}}, "State": {"Running": true}}', "image vllm/vllm-openai:v0.11.0",
              "##gpu-llm-part:packages", "ii |docker-ce|5:28.0.1-1~ubuntu.24.04~noble", "rc |docker.io|1",
              "hi |nvidia-driver-570-open|570.172.08-0ubuntu1"]
     state = parse_snapshot(lines)
@@ -69,3 +69,26 @@ def test_every_path_the_deploys_manage_is_in_the_probe() -> None:
                  layout.DRIVER_PIN, layout.keyring_deb(s.nvidia_cuda_keyring_version), s.model_dir):
         assert path in p.paths
     assert "/etc/apt/sources.list.d/docker.list" in p.sources and "docker" in p.services
+
+
+def test_a_part_ending_without_newline_does_not_swallow_the_next_marker(tmp_path: Path, monkeypatch) -> None:
+    """daemon.json is often written without a trailing newline: the next part's marker must still start a line."""
+    from gpu_llm.facts import docker_daemon
+
+    daemon = tmp_path / "daemon.json"
+    daemon.write_text('{"runtimes": {"nvidia": {"path": "nvidia-container-runtime"}}}')  # no newline at the end
+    monkeypatch.setattr(docker_daemon.DockerDaemonJson, "command",
+                        lambda self: f"echo present; cat {daemon}")
+    probe = Probe(model_dir=str(tmp_path), download_unit="x.service", hf_venv=str(tmp_path / "v"),
+                  services=("gpu-llm-test",))
+    out = subprocess.run(["sh", "-c", snapshot_command(probe)], capture_output=True, text=True, check=True)
+    state = parse_snapshot(out.stdout.splitlines())
+    assert state.daemon.error == "" and "nvidia" in state.daemon.data["runtimes"]
+    assert "gpu-llm-test" in state.services
+
+
+def test_container_part_carries_no_environment() -> None:
+    """The API key reaches the container through its env file: the snapshot must not read Config.Env back."""
+    from gpu_llm.facts.snapshot import CONTAINERS_COMMAND
+
+    assert "inspect --format" in CONTAINERS_COMMAND and "Env" not in CONTAINERS_COMMAND
