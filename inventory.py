@@ -33,3 +33,7 @@ else:
             "vllm_max_model_len": 40960,
         }),
     ]
+
+# One URL for the fleet: hosts in group `gateways` run vllm-router in front of every vLLM instance above (the GPU
+# hosts then need an API key; see README "Gateway"). Uncomment and set the gateway's address:
+# gateways = [("gateway.example.internal", {"ssh_user": "root", "gateway_port": 8080})]

@@ -217,6 +217,16 @@ def results_table(levels: Sequence[dict[str, Any]]) -> Table:
     return table
 
 
+def print_table(table: Table, file: Any = None) -> None:
+    """Print `table` on stdout (or `file`): at the terminal's width on a terminal, else at the table's full natural
+    width, so a piped or redirected table never truncates a value ("1505…")."""
+    console = Console(file=file)
+    if not console.is_terminal:
+        width = Console(file=file, width=100_000).measure(table).maximum
+        console = Console(file=file, width=max(width, 80))
+    console.print(table)
+
+
 def have_matplotlib() -> bool:
     """Whether `--plot` can work: matplotlib is the optional extra gpu-llm[plot]."""
     try:
@@ -313,7 +323,7 @@ def run(args: argparse.Namespace, console: Console | None = None) -> int:
                 "summary": summarise(records),
                 "records": [asdict(r) for r in records],
             })
-    Console().print(results_table(results["levels"]))
+    print_table(results_table(results["levels"]))
     if args.out:
         with open(args.out, "w", encoding="utf-8") as handle:
             json.dump(results, handle, indent=2)

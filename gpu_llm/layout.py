@@ -26,6 +26,15 @@ DOWNLOAD_UNIT = "gpu-llm-model-download.service"
 IMAGE_PULL_UNIT = "gpu-llm-image-pull.service"
 IMAGE_PULL_LOG = f"{LOG_DIR}/image-pull.log"
 DOCKER_SERVICE = "docker"
+# the hang watchdog (gpu_llm/remote/watchdog.py) on GPU hosts
+WATCHDOG_UNIT = "gpu-llm-watchdog.service"
+WATCHDOG_UNIT_FILE = f"/etc/systemd/system/{WATCHDOG_UNIT}"
+WATCHDOG_LOG = f"{LOG_DIR}/watchdog.log"
+WATCHDOG_STATE = f"{STATE_DIR}/watchdog-state.json"
+# the gateway (vllm-router) on hosts in group `gateways` (names: gpu_llm/gateway.py)
+GATEWAY_UNIT = "gpu-llm-gateway.service"
+GATEWAY_UNIT_FILE = f"/etc/systemd/system/{GATEWAY_UNIT}"
+GATEWAY_VENV_MARKER = ".gpu-llm-installed"
 # apt sources (files under /etc/apt/sources.list.d/, without .list)
 DOCKER_SOURCE = "docker"
 NVCT_SOURCE = "nvidia-container-toolkit"
@@ -47,6 +56,7 @@ class _Settings(Protocol):  # the settings layout() needs (gpu_llm.settings.Sett
     vllm_instances: list[dict] | None
     nvidia_cuda_keyring_version: str
     cuda_toolkit_version: str
+    gateway_venv: str
 
 
 def keyring_deb(keyring_version: str) -> str:
@@ -76,6 +86,20 @@ def verify_script_path(s: _Settings) -> str:
     return f"{s.hf_venv}/gpu-llm-verify.py"
 
 
+def watchdog_script_path(s: _Settings) -> str:
+    """Where watchdog.py lands on the host (standard library only; run by the hf venv's python)."""
+    return f"{s.hf_venv}/gpu-llm-watchdog.py"
+
+
+def watchdog_config_path(s: _Settings) -> str:
+    return f"{s.vllm_config_dir}/watchdog.json"
+
+
+def gateway_auth_path(s: _Settings) -> str:
+    """0600 file on a gateway host with the `Authorization: Bearer <key>` header its end-to-end check sends."""
+    return f"{s.vllm_config_dir}/gateway-auth.header"
+
+
 def template_path(s: _Settings) -> str:
     """Where the chat template lands on the host (the planner mounts it from there)."""
     return template_host_path(s.vllm_config_dir, s.vllm_chat_template)
@@ -92,9 +116,12 @@ def probe(s: _Settings) -> Probe:
         NOUVEAU_CONF, DRIVER_PIN, UNATTENDED_CONF, STATE_DIR, keyring_deb(s.nvidia_cuda_keyring_version),
         KEYRINGS, DOCKER_KEY, NVCT_KEY, UDEV_RULE,
         template_path(s), *(env_file_path(s.vllm_config_dir, n) for n in instance_names(s)),
+        watchdog_script_path(s), watchdog_config_path(s), WATCHDOG_UNIT_FILE,
+        GATEWAY_UNIT_FILE, gateway_auth_path(s), f"{s.gateway_venv}/{GATEWAY_VENV_MARKER}",
     )
     sources = (DOCKER_SOURCE, NVCT_SOURCE, *(cuda_source(d) for d in CUDA_REPO_DIRS.values()))
     packages = (*OTHER_PACKAGES, *DOCKER_CE_PACKAGES, *NVCT_PACKAGES, cuda_toolkit_package(s.cuda_toolkit_version))
     return Probe(model_dir=s.model_dir, download_unit=DOWNLOAD_UNIT, hf_venv=s.hf_venv,
                  paths=tuple(dict.fromkeys(paths)), packages=packages,
-                 sources=tuple(source_file(name) for name in sources), services=(DOCKER_SERVICE, IMAGE_PULL_UNIT))
+                 sources=tuple(source_file(name) for name in sources),
+                 services=(DOCKER_SERVICE, IMAGE_PULL_UNIT, WATCHDOG_UNIT, GATEWAY_UNIT))

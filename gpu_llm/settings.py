@@ -36,10 +36,12 @@ SECTIONS: dict[str, str] = {
     "model_": "Model",
     "hf_": "Model",
     "vllm_": "vLLM",
+    "watchdog_": "Watchdog (GPU hosts)",
+    "gateway_": "Gateway (hosts in group gateways)",
 }
 OUR_PREFIXES = tuple(SECTIONS)
 
-Profile = Literal["auto", "balanced", "max-context"]
+Profile = Literal["auto", "balanced", "max-context", "throughput"]
 PROFILES: tuple[str, ...] = get_args(Profile)
 # Qwen3-32B: 64 attention heads, 8 KV heads -> TP must divide both (vLLM asserts this at start).
 TP_SIZES = tuple(n for n in range(1, 65) if QWEN3_32B_AWQ.num_attention_heads % n == 0
@@ -199,8 +201,11 @@ def _tp(v: Any) -> Any:
     return v
 
 
-@_allows(f"an integer from 256 to {QWEN3_32B_AWQ.max_position_embeddings} (Qwen3-32B's context without rope scaling)")
-def _max_model_len(v: Any) -> int:
+@_allows(f'"auto" or an integer from 256 to {QWEN3_32B_AWQ.max_position_embeddings} (Qwen3-32B\'s context without '
+         "rope scaling)")
+def _max_model_len(v: Any) -> Any:
+    if v == "auto":
+        return v
     if isinstance(v, bool) or not isinstance(v, int) or not 256 <= v <= QWEN3_32B_AWQ.max_position_embeddings:
         raise _Invalid(_max_model_len.allowed)  # type: ignore[attr-defined]
     return v
@@ -385,13 +390,14 @@ class Settings:
         'vLLM release inside vllm_image when its tag is not a version (e.g. "0.10.1"); null: read the tag.')
     vllm_profile: Profile = setting(
         "auto", _choice(*PROFILES),
-        'Tuning profile: "balanced" (github.com/jackypanster/deploy-qwen3-32b-awq), "max-context" (github.com/jackypanster/qwen3-32b-awq on 4x 2080 Ti) or "auto" (planner).')
+        'Tuning profile: "balanced" (github.com/jackypanster/deploy-qwen3-32b-awq), "max-context" (github.com/jackypanster/qwen3-32b-awq on 4x 2080 Ti), "auto" (planner) or "throughput" (auto + fp8 KV cache and bf16 on compute capability >= 8.9).')
     vllm_tensor_parallel_size: Literal["auto"] | int = setting(
         "auto", _tp, '`--tensor-parallel-size`; "auto" = the number of GPUs given to the instance.')
     vllm_gpu_memory_utilization: float | None = setting(
         None, _utilization, "`--gpu-memory-utilization`; null = the profile's value.")
-    vllm_max_model_len: int = setting(
-        32768, _max_model_len, "`--max-model-len` in tokens (Qwen3-32B: up to 40960 without rope scaling).")
+    vllm_max_model_len: int | Literal["auto"] = setting(
+        32768, _max_model_len, "`--max-model-len` in tokens (Qwen3-32B: up to 40960 without rope scaling); \"auto\": "
+        "the largest context that keeps vllm_min_full_sequences full sequences in each replica's KV cache.")
     vllm_max_num_batched_tokens: int | None = setting(
         None, _int(256, 1048576, allow_none=True), "`--max-num-batched-tokens`; null = the profile's value.")
     vllm_max_num_seqs: int | None = setting(
@@ -411,6 +417,26 @@ class Settings:
         '`--quantization`; "auto": the planner picks per GPU architecture and vLLM release; null: omit the flag.')
     vllm_kv_cache_dtype: Literal["auto", "fp8", "fp8_e4m3", "fp8_e5m2"] = setting(
         "auto", _choice("auto", "fp8", "fp8_e4m3", "fp8_e5m2"), "`--kv-cache-dtype`.")
+    # ---- vLLM: layout over the GPUs and the API coding clients need (issue 13) ----
+    vllm_layout: Literal["auto", "data-parallel", "instances", "tensor-parallel"] = setting(
+        "auto", _choice("auto", "data-parallel", "instances", "tensor-parallel"),
+        'How a host\'s GPUs serve: each replica gets the smallest tensor parallel size that holds '
+        'vllm_min_full_sequences full sequences; "data-parallel": replicas behind one API server '
+        '(`--data-parallel-size`), "instances": one container per replica (ports vllm_port, +1, ...), '
+        '"tensor-parallel": one instance over every GPU; "auto": data-parallel where the release has it, else '
+        'instances. vllm_instances, when set, wins.')
+    vllm_min_full_sequences: int = setting(
+        4, _int(1, 256),
+        "Full sequences of vllm_max_model_len each replica's KV cache must hold: picks the tensor parallel size "
+        "(and vllm_max_model_len \"auto\").")
+    vllm_tool_calls: bool = setting(
+        True, _bool,
+        "Parse Qwen3's tool calls into `tool_calls` (`--enable-auto-tool-choice --tool-call-parser hermes`).")
+    vllm_reasoning: bool = setting(
+        True, _bool,
+        "Return opt-in thinking (`chat_template_kwargs: {\"enable_thinking\": true}`) apart from the answer, in "
+        "`reasoning_content` (`reasoning` from vLLM 0.26) (`--reasoning-parser qwen3`), on releases whose parser "
+        "keeps a non-thinking answer in `content`.")
     vllm_served_model_name: str = setting(
         "coder", _str(r"[A-Za-z0-9][A-Za-z0-9_./:-]*", "a model name of letters, digits, . _ / : -"),
         "Name clients use in the API (coder, as in github.com/jackypanster/deploy-qwen3-32b-awq).")
@@ -451,6 +477,43 @@ class Settings:
         1200, _int(10, 86400), "Seconds to wait for /health after the container (re)starts (a 32B model takes minutes).")
     vllm_smoke_test: bool = setting(
         True, _bool, "Send one chat completion after start and fail if it thinks or names the wrong model.")
+    # ---- Watchdog (GPU hosts): gpu_llm/remote/watchdog.py as gpu-llm-watchdog.service --------------------------
+    watchdog_enabled: bool = setting(
+        True, _bool, "Run the watchdog that restarts a vLLM container whose engine hangs while /health says 200.")
+    watchdog_interval: int = setting(
+        15, _int(1, 3600), "Seconds between two looks at each instance (/metrics, and the probe when idle).")
+    watchdog_stall_seconds: int = setting(
+        120, _int(5, 86400),
+        "Hung: requests running (`vllm:num_requests_running` > 0) and `vllm:generation_tokens_total` still for this long.")
+    watchdog_start_grace: int = setting(
+        600, _int(0, 86400),
+        "Seconds after a container start before it is judged (a cold start of the 32B model took 206 s on an H200).")
+    watchdog_probe_timeout: int = setting(
+        30, _int(1, 600), "Seconds the idle liveness probe (a 1-token chat completion) may take.")
+    watchdog_probe_failures: int = setting(
+        3, _int(1, 100), "Consecutive failed liveness probes (timeout, refused, 5xx) that mean hung when idle.")
+    watchdog_max_restarts_per_hour: int = setting(
+        3, _int(0, 100),
+        "Restarts of one container per hour; past it the watchdog stops restarting, logs CRITICAL, leaves it to a human.")
+    # ---- Gateway (hosts in inventory group `gateways`): vllm-router in its own venv as gpu-llm-gateway.service ------
+    gateway_port: int = setting(
+        8080, _int(1, 65535), "Port of the gateway: one OpenAI-compatible URL for every vLLM instance of the inventory.")
+    gateway_bind: str = setting(
+        "0.0.0.0", _ip, "Address the gateway listens on.")
+    gateway_policy: Literal["round_robin", "power_of_two", "cache_aware", "random"] = setting(
+        "round_robin", _choice("round_robin", "power_of_two", "cache_aware", "random"),
+        "vllm-router's load-balancing policy (`--policy`).")
+    gateway_api_key: str | None = setting(
+        None, _str(r"\S{8,}", "a key of at least 8 non-space characters", allow_none=True),
+        "Key clients must send (401 without); null = the vLLM API key (vllm-router passes the client's key on to vLLM).")
+    gateway_health_interval: int = setting(
+        5, _int(1, 300), "Seconds between the gateway's health checks of each backend (`/health`).")
+    gateway_extra_backends: list[str] = setting(
+        [], _list_of_str, "Extra backend URLs outside the inventory (e.g. [\"http://10.0.0.9:8000\"]).")
+    gateway_venv: str = setting(
+        "/opt/gpu-llm/gateway-venv", _abs_path, "Absolute path of the virtualenv on the gateway host holding vllm-router.")
+    gateway_router_requirement: str = setting(
+        "vllm-router==0.1.17", _str(), "pip requirement of the router installed into gateway_venv (with hf_pip_args).")
 
     @classmethod
     def from_data(cls, data: Mapping[str, Any]) -> Settings:
@@ -482,6 +545,13 @@ def _cross_checks(s: dict[str, Any]) -> list[tuple[str, str]]:
                          f"branch nvidia_driver_branch={s['nvidia_driver_branch']!r}: set both to the same branch"))
     if s["vllm_api_key"] and s["vllm_api_key_file"]:
         problems.append(("vllm_api_key", "set vllm_api_key or vllm_api_key_file, not both"))
+    if s["watchdog_enabled"] and s["watchdog_stall_seconds"] < 2 * s["watchdog_interval"]:
+        problems.append(("watchdog_stall_seconds", f"watchdog_stall_seconds={s['watchdog_stall_seconds']} must be at "
+                         f"least twice watchdog_interval={s['watchdog_interval']} (a stall is seen between two looks)"))
+    for url in s["gateway_extra_backends"]:
+        if not re.fullmatch(r"https?://[^\s/]+", url.rstrip("/")):
+            problems.append(("gateway_extra_backends", f"gateway_extra_backends item {url!r}: expected a base URL like "
+                             "'http://10.0.0.9:8000' (scheme, host, port; no path)"))
     if s["vllm_extra_args"]:
         for arg in s["vllm_extra_args"]:
             if arg.startswith("-") and not arg.startswith("--"):

@@ -1,7 +1,8 @@
 """Operations for vLLM instances: containers (with their 0600 API-key env files) and their verification.
 
 Both plan at execution time from the host's GPU fact (the driver may only have been installed earlier in the
-same run), so the instances match the GPUs the host really has.
+same run), so the instances match the GPUs the host really has: the planner's layout (data-parallel replicas in
+one container, or one container per replica) follows the GPUs the snapshot reports.
 """
 
 from __future__ import annotations
@@ -91,20 +92,24 @@ def instances(config: ServeConfig, template_sha256: str, api_key: Any = None,
     current = _by_name(containers)
     force = template_restored()
 
+    # The env files the planned containers use (the replicas of the instances layout share one).
+    env_files = list(dict.fromkeys(p.env_file or env_file_path(config.vllm_config_dir, p.container_name)
+                                   for p in plans))
     # First: a removed instance may hold a port or GPUs a new one is given (one instance -> two on its port).
     for name in stale_containers(containers, {p.container_name for p in plans}):
         host.log(f"container {name}: removed, no longer configured")
         yield StringCommand("docker", "rm", "-f", QuoteString(name))
-        yield StringCommand("rm", "-f", QuoteString(env_file_path(config.vllm_config_dir, name)))
+        if (stale_env := env_file_path(config.vllm_config_dir, name)) not in env_files:
+            yield StringCommand("rm", "-f", QuoteString(stale_env))
 
-    for plan in plans:
-        for warning in plan.warnings:
-            host.log(f"{plan.container_name}: {warning}")
-        env_file = env_file_path(config.vllm_config_dir, plan.container_name)
+    for env_file in env_files:
         if raw_key:
             yield from secret_file_commands(env_file, f"VLLM_API_KEY={raw_key}\n", "root")
         elif (env_state := gpu_files.state(env_file)) is not None and env_state.kind == "file":
             yield StringCommand("rm", "-f", QuoteString(env_file))
+    for plan in plans:
+        for warning in plan.warnings:
+            host.log(f"{plan.container_name}: {warning}")
         spec = container_spec(plan, template_sha256, api_key_sha256=key_digest)
         wanted = spec_hash(spec)
         why = container_decision(current.get(plan.container_name), wanted, force)

@@ -135,6 +135,7 @@ def estimate(
     model: ModelSpec = QWEN3_32B_AWQ,
     cuda_graphs: bool = True,
     graphs_in_budget: bool = False,
+    require_one_sequence: bool = True,
 ) -> Capacity:
     """KV-cache capacity vLLM will report for one TP group on gpus[:tensor_parallel_size].
 
@@ -143,7 +144,8 @@ def estimate(
     the budget). Blocks and tokens mirror vllm/v1/core/kv_cache_utils.py: blocks = KV bytes // (page
     bytes x layers), the smallest over the ranks; concurrency = blocks / cdiv(max_model_len, block_size);
     tokens = int(concurrency x max_model_len) (= blocks x block_size when block_size divides
-    max_model_len). Raises ValueError, with the numbers, where vLLM would refuse to start.
+    max_model_len). Raises ValueError, with the numbers, where vLLM would refuse to start (require_one_sequence
+    False: only where the weights do not fit; used to size the KV cache before max_model_len is known).
     """
     tp = tensor_parallel_size
     _check_inputs(gpus, tp, gpu_memory_utilization, block_size, max_model_len, kv_cache_dtype, model,
@@ -171,7 +173,7 @@ def estimate(
     blocks = int(kv // page_bytes)
     blocks_per_request = math.ceil(max_model_len / block_size)
     # vLLM keeps one null block out of the pool before it checks that one full request fits.
-    if blocks - 1 < blocks_per_request:
+    if require_one_sequence and blocks - 1 < blocks_per_request:
         need = blocks_per_request * page_bytes
         raise ValueError(
             f"vllm_max_model_len={max_model_len} does not fit the KV cache at TP{tp}: one request needs "

@@ -9,7 +9,14 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from gpu_llm.plan.types import GPU
-from gpu_llm.plan.versions import Release, cuda_for_driver
+from gpu_llm.plan.versions import (
+    BRANDS_WITH_COMPAT,
+    COMPAT_DRIVER_BRANCHES,
+    Release,
+    cuda_for_driver,
+    driver_runs,
+    gpu_brand,
+)
 
 AWQ_MIN_CC = 7.5  # awq.py AWQConfig.get_min_capability() == 75, every release [W: wheels 0.8.5..0.33.0]
 MARLIN_MIN_CC = 8.0  # awq_marlin.py AWQMarlinConfig.get_min_capability() == 80 [W]
@@ -50,6 +57,18 @@ def _fmt(cuda: tuple[int, int]) -> str:
     return f"{cuda[0]}.{cuda[1]}"
 
 
+def _compat_note(need: tuple[int, int], brands: set[str]) -> str:
+    """Why the image's brand/driver clauses do not help either (where it has any)."""
+    branches = COMPAT_DRIVER_BRANCHES.get(need)
+    if not branches:
+        return ""
+    outside = sorted(b for b in brands if b not in BRANDS_WITH_COMPAT)
+    if outside:
+        return (f" and its NVIDIA_REQUIRE_CUDA admits older drivers only for data-center/workstation brands, "
+                f"not {', '.join(outside)}")
+    return f" and its NVIDIA_REQUIRE_CUDA admits only driver branches {', '.join(map(str, branches))}"
+
+
 def check(
     release: Release,
     gpus: list[GPU],
@@ -59,6 +78,7 @@ def check(
     kv_cache_dtype: str,
     quantization: str | None,
     image_cuda: tuple[int, int] | None = None,
+    brands: set[str] | None = None,
 ) -> CompatResult:
     """Errors (will not start) and warnings (runs, but not as one would expect) for this combination."""
     out = CompatResult()
@@ -72,15 +92,21 @@ def check(
         out.error("nvidia_driver_version", str(exc))
         driver_cuda = None
     need = image_cuda or release.cuda
-    if driver_cuda is not None and need > driver_cuda:
+    brands = brands if brands is not None else {gpu_brand(g.name) for g in gpus}
+    if driver_cuda is not None and need > driver_cuda and driver_runs(need, driver_version, brands):
+        out.warnings.append(
+            f"vllm_image with vLLM {v} is built on CUDA {_fmt(need)} and runs on driver {driver_version} (CUDA "
+            f"{_fmt(driver_cuda)}) through the image's NVIDIA_REQUIRE_CUDA brand/driver clauses and CUDA minor "
+            "version compatibility")
+    elif driver_cuda is not None and need > driver_cuda:
         # nvidia-container-cli refuses it: "requirement error: unsatisfied condition: cuda>=12.8, please update
         # your driver" (vllm#18813, v0.9.0 image); CUDA forward compatibility (cuda-compat) only exists for
         # data-center GPUs, never GeForce (docs.nvidia.com/deploy/cuda-compatibility/forward-compatibility.html).
         out.error(
             "nvidia_driver_version",
             f"vllm_image with vLLM {v} is built on CUDA {_fmt(need)}, but nvidia_driver_version {driver_version} "
-            f"runs CUDA {_fmt(driver_cuda)} at most: the container would stop with 'unsatisfied condition: "
-            f"cuda>={_fmt(need)}'. Raise nvidia_driver_version or pick an older vllm_image."
+            f"runs CUDA {_fmt(driver_cuda)} at most{_compat_note(need, brands)}: the container would stop with "
+            f"'unsatisfied condition: cuda>={_fmt(need)}'. Raise nvidia_driver_version or pick an older vllm_image."
         )
     if min_cc is None:
         out.warnings.append(f"compute capability of {names} unknown (no driver yet): GPU checks skipped")

@@ -71,10 +71,10 @@ class ServeConfig:
     # vLLM image and engine flags
     vllm_image: str  # "auto" or an image reference with a tag
     vllm_version: str | None  # release inside vllm_image when its tag is not a version
-    vllm_profile: str  # "auto" | "balanced" | "max-context"
+    vllm_profile: str  # "auto" | "balanced" | "max-context" | "throughput"
     vllm_tensor_parallel_size: int | Literal["auto"]
     vllm_gpu_memory_utilization: float | None
-    vllm_max_model_len: int
+    vllm_max_model_len: int | Literal["auto"]
     vllm_max_num_batched_tokens: int | None
     vllm_max_num_seqs: int | None
     vllm_block_size: int | None
@@ -85,6 +85,11 @@ class ServeConfig:
     vllm_kv_cache_dtype: str
     vllm_extra_args: tuple[str, ...]
     vllm_env: Mapping[str, str]
+    # layout over the GPUs, API parsers
+    vllm_layout: str  # "auto" | "data-parallel" | "instances" | "tensor-parallel"
+    vllm_min_full_sequences: int
+    vllm_tool_calls: bool
+    vllm_reasoning: bool
     # instances
     vllm_served_model_name: str
     vllm_container_name: str

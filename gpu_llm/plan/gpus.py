@@ -47,17 +47,20 @@ def _gpu_from_row(row: dict[str, str]) -> GPU:
                uuid=row.get("uuid"))
 
 
-_COMPACT = re.compile(r"(?:(\d+)x)?(\d+(?:\.\d+)?)(MiB|GiB|GB)@(\d+)\.(\d+)(?::(nvlink|pcie))?")
+_COMPACT = re.compile(r"(?:(\d+)x)?(\d+(?:\.\d+)?)(MiB|GiB|GB)@(\d+)\.(\d+)(?::(nvlink|pcie))?(?::(geforce|titan))?")
 
 
 def parse_compact(spec: str, driver_version: str | None = None) -> list[GPU]:
-    """`4x22528MiB@7.5[:pcie]` -> four GPUs of 22528 MiB, compute capability 7.5 (GB is read as GiB)."""
+    """`4x22528MiB@7.5[:pcie][:geforce]` -> four GPUs of 22528 MiB, compute capability 7.5 (GB is read as GiB);
+    :geforce or :titan marks consumer cards (their brand decides which images an older driver starts)."""
     m = _COMPACT.fullmatch(spec.strip())
     if not m:
-        raise ValueError(f"--gpus {spec!r}: expected COUNTxMEMORY@CC[:nvlink|pcie], e.g. 4x22528MiB@7.5 or 1x80GiB@9.0")
+        raise ValueError(f"--gpus {spec!r}: expected COUNTxMEMORY@CC[:nvlink|pcie][:geforce|titan], e.g. "
+                         "4x22528MiB@7.5:pcie:geforce or 1x80GiB@9.0")
     count = int(m.group(1) or 1)
     size = float(m.group(2))
     mib = int(size if m.group(3) == "MiB" else size * 1024)
     cc = (int(m.group(4)), int(m.group(5)))
-    return [GPU(index=i, name=f"GPU {mib} MiB CC {cc[0]}.{cc[1]}", memory_mib=mib, compute_capability=cc,
+    brand = {"geforce": "GeForce ", "titan": "TITAN "}.get(m.group(7) or "", "")
+    return [GPU(index=i, name=f"NVIDIA {brand}GPU {mib} MiB CC {cc[0]}.{cc[1]}", memory_mib=mib, compute_capability=cc,
                 driver_version=driver_version, interconnect=m.group(6)) for i in range(count)]

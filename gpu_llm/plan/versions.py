@@ -404,6 +404,22 @@ class Release:
     # fp8 KV cache with fp16 activations on sm90 fails at engine start ("For FP8 input, output must have dtype
     # BF16"): True measured on 0.26.0 [M] and assumed for newer [U]; None = not known for this release.
     fp8_kv_fp16_fails: bool | None = None
+    # A "-cu129" variant image (CUDA 12.9 build next to the CUDA 13 default) is known to exist on Docker Hub:
+    # v0.20.0-cu129 (vllm#39878), v0.20.2-cu129 (github.com/llm-d/llm-d-kv-cache/pull/584), v0.21.0-cu129
+    # (github.com/NVIDIA/Model-Optimizer/pull/2042, its registry manifest query). Later releases may have one too
+    # (a "latest-cu129" tag was mirrored on 2026-08-19: github.com/imdingtalk/image-mirror/issues/1820), but no
+    # source here names the release, so vllm_image "auto" never picks them: set vllm_image to such a tag yourself.
+    cu129_variant: bool = False
+    # `--reasoning-parser qwen3` keeps the answer of a non-thinking turn in `content`:
+    # - 0.8.5-0.9.x: the qwen3 parser was added for exactly that (vllm#17369, in 0.8.5: an output without both
+    #   <think> and </think> is all content); it runs only with --enable-reasoning (removed in 0.10.0);
+    # - 0.26.0+: the parser takes every output for reasoning unless chat_template_kwargs.enable_thinking is false
+    #   (vllm/parser/qwen3.py; vllm#53284 reports the same on 0.27.1 and 0.28.0) and gets the server's
+    #   --default-chat-template-kwargs merged under the request's (serving.py _effective_chat_template_kwargs), so the
+    #   planner passes '{"enable_thinking": false}' there: measured on an H200 with 0.26.0, a plain request's answer
+    #   stayed in `content` and opt-in thinking went to `reasoning` (docs/h200-serve/) [M];
+    # - 0.10.0-0.25.1: not checked (no wheel of 0.12-0.21 in reach, the parser was rewritten in between): no parser.
+    reasoning_parser: str | None = None
 
     @property
     def key(self) -> tuple[int, ...]:
@@ -490,6 +506,8 @@ def _build() -> dict[str, Release]:
             awq_upgraded=key >= (0, 24, 0),
             swap_space_per_gpu="--swap-space" in flags,
             fp8_kv_fp16_fails=True if key >= (0, 26, 0) else None,
+            cu129_variant=version in ("0.20.0", "0.20.2", "0.21.0"),
+            reasoning_parser="qwen3" if key < (0, 10, 0) or key >= (0, 26, 0) else None,
         )
     return table
 
@@ -556,8 +574,98 @@ def known_flags(version: str) -> frozenset[str]:
     return release(version).flags
 
 
+# ---- which image a driver starts ------------------------------------------------------------------------------
+#
+# nvidia-container-cli checks the image's NVIDIA_REQUIRE_CUDA before the container starts (libnvidia-container
+# src/cli/configure.c configure_command: per visible GPU, rules cuda/driver/arch/brand; src/cli/dsl.c dsl_evaluate:
+# space-separated terms are ORed, comma-separated conditions ANDed; a failure prints "unsatisfied condition:
+# cuda>=X, please update your driver ..."). The CUDA 12.9 images carry, from their nvidia/cuda:12.9.1 base,
+# NVIDIA_REQUIRE_CUDA = "cuda>=12.9" OR brand=<b>,driver>=<n>,driver<<n+1> for n in 535 550 560 565 570 and b in
+# BRANDS_WITH_COMPAT (the env of a vllm/vllm-openai CUDA 12.9.1 image, as `collect_env` prints it:
+# tests/fixtures/nvidia_require_cuda_12.9.txt). So on driver 570 (CUDA 12.8) a CUDA 12.9 image starts on a
+# data-center or workstation GPU and is refused on a GeForce/Titan. Inside, CUDA's minor version compatibility
+# runs a 12.9 runtime on a 12.x driver >= 525.60.13 (docs.nvidia.com/deploy/cuda-compatibility/, "Minor Version
+# Compatibility"); its limit, no PTX JIT for newer PTX, does not bite: the images ship SASS for
+# TORCH_CUDA_ARCH_LIST 7.0 7.5 8.0 8.9 9.0 10.0 12.0 (same fixture).
+COMPAT_DRIVER_BRANCHES: dict[tuple[int, int], tuple[int, ...]] = {(12, 9): (535, 550, 560, 565, 570)}
+BRANDS_WITH_COMPAT = ("unknown", "grid", "tesla", "nvidia", "quadro", "quadrortx", "nvidiartx", "vapps", "vpc",
+                      "vcs", "vws", "cloudgaming")
+
+
+def gpu_brand(name: str) -> str:
+    """NVML's brand of a GPU, from its name (nvidia-smi's --query-gpu has no brand field): GeForce and TITAN cards
+    are brand GeForce/Titan, other current cards (H100, A100, L40S, RTX A6000) NVIDIA/Tesla/NvidiaRTX [U]."""
+    lowered = name.lower()
+    if "geforce" in lowered:
+        return "geforce"
+    if "titan" in lowered:
+        return "titan"
+    return "nvidia"
+
+
+def image_requirement(cuda: tuple[int, int]) -> str:
+    """The NVIDIA_REQUIRE_CUDA value of an image built on CUDA `cuda` (as the vendor's base images set it)."""
+    terms = [f"cuda>={cuda[0]}.{cuda[1]}"]
+    for branch in COMPAT_DRIVER_BRANCHES.get(cuda, ()):
+        terms += [f"brand={b},driver>={branch},driver<{branch + 1}" for b in BRANDS_WITH_COMPAT]
+    return " ".join(terms)
+
+
+def driver_runs(image_cuda: tuple[int, int], driver_version: str, brands: list[str] | set[str]) -> bool:
+    """Whether nvidia-container-cli starts an image built on `image_cuda` with this driver and GPU brands."""
+    driver = _driver_tuple(driver_version)
+    if image_cuda <= cuda_for_driver(driver_version):
+        return True
+    branches = COMPAT_DRIVER_BRANCHES.get(image_cuda, ())
+    return bool(brands) and driver[0] in branches and all(b in BRANDS_WITH_COMPAT for b in brands)
+
+
+@dataclass(frozen=True)
+class ImageChoice:
+    """An image for a release: the default build or its -cu129 variant."""
+
+    ref: str
+    release: Release
+    cuda: tuple[int, int]
+
+
+def images_of(rel: Release) -> list[ImageChoice]:
+    """The images a release is published as: its default build, plus the -cu129 variant where one is known."""
+    out = [ImageChoice(f"vllm/vllm-openai:v{rel.version}", rel, rel.cuda)]
+    if rel.cu129_variant and rel.cuda != (12, 9):
+        out.append(ImageChoice(f"vllm/vllm-openai:v{rel.version}-cu129", rel, (12, 9)))
+    return out
+
+
+def image_min_cc(cuda: tuple[int, int]) -> float:
+    """Lowest CC with kernels in an image built on `cuda` (CUDA 13 dropped sm_70/72, CUDA 13.0 notes) [U]."""
+    return 7.0 if cuda[0] == 12 else 7.5
+
+
+def newest_image_for(driver_version: str, min_cc: float, brands: list[str] | set[str]) -> ImageChoice:
+    """Newest image the driver starts (NVIDIA_REQUIRE_CUDA as nvidia-container-cli evaluates it) whose kernels
+    cover the weakest GPU (CC `min_cc`)."""
+    fits = [
+        img
+        for r in VLLM_RELEASES.values()
+        for img in images_of(r)
+        if driver_runs(img.cuda, driver_version, brands)
+        and image_min_cc(img.cuda) <= min_cc
+        and (r.v1_min_cc is None or min_cc >= r.v1_min_cc or r.v0_fallback)
+    ]
+    if not fits:
+        cuda = cuda_for_driver(driver_version)
+        raise ValueError(
+            f"no vLLM release in the table runs on CUDA {cuda[0]}.{cuda[1]} with compute "
+            f"capability {min_cc}; raise nvidia_driver_version (CUDA {NEWEST.cuda[0]}.{NEWEST.cuda[1]} runs "
+            f"v{NEWEST.version})"
+        )
+    # newest release first; of one release, the default build (newer CUDA) before the variant
+    return max(fits, key=lambda img: (img.release.key, img.cuda))
+
+
 def newest_release_for(driver_cuda: tuple[int, int], min_cc: float) -> Release:
-    """Newest release whose image the driver runs and whose kernels cover the weakest GPU (CC `min_cc`)."""
+    """Newest release whose default image a driver running `driver_cuda` starts without the compat clauses."""
     fits = [
         r
         for r in VLLM_RELEASES.values()

@@ -287,3 +287,35 @@ def test_verify_fast_path_runs_in_a_real_shell(tmp_path):
     (tmp_path / "health_rc").write_text("7")  # recorded but /health down: full check (which waits)
     _, calls = run()
     assert "full" in calls
+
+
+# ---- issue 13: the layout decides the containers -------------------------------------------------------------
+
+H100_8X = [GPU(index=i, name="NVIDIA H100 80GB HBM3", memory_mib=81559, compute_capability=(9, 0),
+               driver_version="570.172.08") for i in range(8)]
+
+
+def test_data_parallel_layout_is_one_container_for_all_gpus(fake):
+    s = settings(vllm_image="auto")
+    fake({NvidiaGpus: GpuInventory(smi="ok", gpus=H100_8X), DockerContainers: []})
+    cmds = run_instances(s)
+    [run] = [c for c in cmds if c.startswith("docker run")]
+    assert "--name coder " in run and "--gpus all" in run and "vllm/vllm-openai:v0.21.0-cu129" in run
+    assert "--tensor-parallel-size 1 --data-parallel-size 8" in run
+
+
+def test_instances_layout_replaces_the_single_container_and_shares_one_key_file(fake):
+    import hashlib
+    key = "sk-very-secret-key"
+    s = settings(vllm_image="auto", vllm_layout="instances", vllm_api_key=key)
+    env = "/etc/gpu-llm/coder.env"  # in the host snapshot (gpu_llm.layout.instance_names)
+    fake({NvidiaGpus: GpuInventory(smi="ok", gpus=H100_8X), DockerContainers: [container("coder", "x" * 24)],
+          FileStates: {env: FileState("file", 600, "root", "root",
+                                      hashlib.sha256(f"VLLM_API_KEY={key}\n".encode()).hexdigest())}})
+    cmds = run_instances(s, api_key=HiddenValue(key))
+    assert "docker rm -f coder" in cmds and f"rm -f {env}" not in cmds  # the old container goes, its key file stays
+    runs = [c for c in cmds if c.startswith("docker run")]
+    assert [r.split("--name ")[1].split()[0] for r in runs] == [f"coder-{n}" for n in range(1, 9)]
+    assert all(f"--env-file {env}" in r for r in runs) and not any(c.startswith("UPLOAD") for c in cmds)
+    assert [r.split(":8000 ")[0].rsplit(":", 1)[1] for r in runs] == [str(8000 + n) for n in range(8)]
+    assert '--gpus \'"device=3"\'' in runs[3]

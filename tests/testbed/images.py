@@ -57,11 +57,23 @@ def image_tar(cfg: Config, vllm_version: str) -> Path:
     return dest
 
 
+def image_env(image_ref: str, vllm_version: str) -> dict[str, str]:
+    """The CUDA environment the real image of `image_ref` carries from its nvidia/cuda base: CUDA_VERSION and
+    NVIDIA_REQUIRE_CUDA (the stand-in runtime enforces it; gpu_llm.plan.versions.image_requirement,
+    tests/fixtures/nvidia_require_cuda_12.9.txt)."""
+    from gpu_llm.plan.versions import cuda_of_image, image_requirement, release
+
+    cuda = cuda_of_image(image_ref, release(vllm_version))
+    return {"CUDA_VERSION": f"{cuda[0]}.{cuda[1]}", "NVIDIA_REQUIRE_CUDA": image_requirement(cuda)}
+
+
 def build_vllm_image(host: Host, image_ref: str, vllm_version: str) -> None:
-    """`docker import` the stand-in as `image_ref` inside `host` (ENTRYPOINT python3 /standin/fake_vllm.py)."""
+    """`docker import` the stand-in as `image_ref` inside `host` (ENTRYPOINT python3 /standin/fake_vllm.py, the
+    image's CUDA environment)."""
     tar = image_tar(host.cfg, vllm_version)
+    env = [arg for k, v in image_env(image_ref, vllm_version).items() for arg in ("--change", f"'ENV {k}=\"{v}\"'")]
     with timed(f"import stand-in image {image_ref} into {host.name}"), open(tar, "rb") as fh:
-        res = subprocess.run([*host.ssh_args(), "docker", "import", "--change", f"'ENTRYPOINT {ENTRYPOINT}'",
+        res = subprocess.run([*host.ssh_args(), "docker", "import", "--change", f"'ENTRYPOINT {ENTRYPOINT}'", *env,
                               "-", image_ref], stdin=fh, capture_output=True, text=True, timeout=600)
     if res.returncode != 0:
         raise TestbedError(f"docker import of {image_ref} on {host.name} failed: {res.stderr[-2000:]}")
@@ -113,7 +125,8 @@ def push_vllm_image(tb: Testbed, image_ref: str, vllm_version: str) -> PushedIma
     config = json.dumps({
         "architecture": "amd64", "os": "linux", "created": CREATED,
         "config": {"Entrypoint": json.loads(ENTRYPOINT),
-                   "Env": ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"]},
+                   "Env": ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+                           *(f"{k}={v}" for k, v in image_env(image_ref, vllm_version).items())]},
         "rootfs": {"type": "layers", "diff_ids": [layer["diff_id"]]},
         "history": [{"created": CREATED, "created_by": "gpu-llm testbed: stand-in vLLM image"}],
     }, sort_keys=True, separators=(",", ":")).encode()
@@ -124,7 +137,7 @@ def push_vllm_image(tb: Testbed, image_ref: str, vllm_version: str) -> PushedIma
         "layers": [{"mediaType": LAYER_GZIP, "size": layer["size"], "digest": layer["digest"]}],
     }, indent=3).encode()
     repository, _, tag = image_ref.rpartition(":")
-    registry.start(tb.cfg)
+    registry.start(tb.cfg, keep_rate=True)  # the rate a test set stays
     with timed(f"push stand-in image {image_ref} ({layer['size'] / 2**20:.0f} MiB layer) to the registry"):
         digest = registry.push(tb.cfg, repository, tag, manifest, MANIFEST_V2, [
             registry.Blob(config_digest, len(config), data=config),

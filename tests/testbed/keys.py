@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import os
 from pathlib import Path
 
@@ -12,9 +13,16 @@ REPO_UID = "gpu-llm testbed repo <repo@test.invalid>"
 
 
 def _server_cert(d: Path, name: str, cn: str, sans: str) -> None:
-    """<name>.crt/.key for `sans`, signed by the test CA (made once per cache)."""
+    """<name>.crt/.key for `sans`, signed by the test CA (made once per cache; testbeds starting together wait)."""
     if (d / f"{name}.crt").exists():
         return
+    with open(d / f".{name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not (d / f"{name}.crt").exists():
+            _make_cert(d, name, cn, sans)
+
+
+def _make_cert(d: Path, name: str, cn: str, sans: str) -> None:
     run(["openssl", "req", "-newkey", "rsa:2048", "-nodes", "-subj", f"/CN={cn}",
          "-keyout", str(d / f"{name}.key"), "-out", str(d / f"{name}.csr")])
     (d / f"{name}-ext.cnf").write_text(f"subjectAltName={sans}\nextendedKeyUsage=serverAuth\n")

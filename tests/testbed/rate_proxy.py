@@ -4,9 +4,10 @@ Run: python3 -m tests.testbed.rate_proxy LISTEN_IP:PORT UPSTREAM_IP:PORT RATE_FI
 RATE_FILE holds a rate in KiB/s (empty, absent or 0: unlimited); it is re-read every 0.5 s, so a test changes
 the rate of a running proxy. The limit is for all connections together (one link), downstream only (what the
 upstream sends to the clients). The bytes pass through untouched: TLS is the upstream's.
-LOG_FILE gets one JSON line per event: {"t", "conn", "event": "open"|"close", "peer", "down", "up"} and, every
-second a connection received bytes, {"t", "conn", "event": "bytes", "down"} (bytes sent to the client in the
-second before t). The standard library is enough for a handful of clients at a few MiB/s.
+LOG_FILE gets one JSON line per event: {"t", "conn", "event": "open"|"close", "peer", "down", "up"} and, about
+every second a connection got bytes, {"t", "from", "conn", "event": "bytes", "down"}: `down` bytes were sent to the
+client between `from` (the connection's previous sample, or its opening) and `t`, epoch seconds. The standard
+library is enough for a handful of clients at a few MiB/s.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
+import os
 import signal
 import sys
 import time
@@ -52,7 +54,7 @@ class Proxy:
     def __init__(self, upstream: tuple[str, int], link: Link, log_file: Path) -> None:
         self.upstream, self.link, self.log_file = upstream, link, log_file
         self.ids = itertools.count(1)
-        self.open: dict[int, dict[str, int]] = {}  # conn id -> {"down", "up", "last"}
+        self.open: dict[str, dict] = {}  # conn id -> {"down", "up", "last" (down at the last sample), "since"}
 
     def log(self, **entry: object) -> None:
         with self.log_file.open("a") as fh:
@@ -73,9 +75,9 @@ class Proxy:
             writer.close()
 
     async def handle(self, c_reader: asyncio.StreamReader, c_writer: asyncio.StreamWriter) -> None:
-        conn = next(self.ids)
+        conn = f"{os.getpid()}-{next(self.ids)}"  # unique across restarts of the proxy
         peer = c_writer.get_extra_info("peername")
-        counts = {"down": 0, "up": 0, "last": 0}
+        counts: dict = {"down": 0, "up": 0, "last": 0, "since": time.time()}
         self.log(conn=conn, event="open", peer=peer[0] if peer else None)
         try:
             u_reader, u_writer = await asyncio.open_connection(*self.upstream)
@@ -98,11 +100,11 @@ class Proxy:
             self._sample(conn, counts)
             self.log(conn=conn, event="close", down=counts["down"], up=counts["up"])
 
-    def _sample(self, conn: int, counts: dict[str, int]) -> None:
-        delta = counts["down"] - counts["last"]
+    def _sample(self, conn: str, counts: dict) -> None:
+        now, delta = time.time(), counts["down"] - counts["last"]
         if delta:
-            counts["last"] = counts["down"]
-            self.log(conn=conn, event="bytes", down=delta)
+            self.log(conn=conn, event="bytes", down=delta, **{"from": round(counts["since"], 3)})
+        counts["last"], counts["since"] = counts["down"], now
 
     async def ticker(self) -> None:
         n = 0

@@ -1,10 +1,10 @@
 """Docker Hub's stand-in: Debian's docker-registry (distribution v2) behind a rate-limiting TCP proxy.
 
 Per testbed id: the registry serves HTTPS (certificate of the test CA for registry-1.docker.io, keys.py) on
-<registry_ip>:5000, the proxy (rate_proxy.py) listens on <registry_ip>:443, and the guests' /etc/hosts maps
+<registry_ip>:5010, the proxy (rate_proxy.py) listens on <registry_ip>:443, and the guests' /etc/hosts maps
 registry-1.docker.io to <registry_ip> (the bridge's second address). So a guest's `docker pull
 vllm/vllm-openai:TAG` goes, as on the Internet, to https://registry-1.docker.io/v2/: the registry has no auth, so
-/v2/ answers 200 and Docker asks no token. The harness pushes to :5000 directly (not rate limited).
+/v2/ answers 200 and Docker asks no token. The harness pushes to :5010 directly (not rate limited).
 Processes: registry.pid and registry-proxy.pid in the state dir (Testbed.down() stops them, leftovers() finds
 them by the state dir in their command lines); data in <state>/registry (removed by down()).
 """
@@ -24,7 +24,7 @@ from .config import PROJECT, Config
 from .proc import TestbedError
 
 BINARY = "/usr/bin/docker-registry"  # Debian's package docker-registry (distribution 2.8)
-PORT = 5000  # the registry itself; the proxy listens on 443
+PORT = 5010  # the registry itself (not 5000: a stock docker-registry service may hold *:5000); the proxy: 443
 PROCESSES = ("registry", "registry-proxy")  # pid file stems in the state dir
 
 
@@ -105,9 +105,11 @@ def _ready(cfg: Config) -> bool:
     return res.returncode == 0
 
 
-def start(cfg: Config, rate_kib: float | None = None) -> None:
-    """Start the registry and its proxy unless they run (the pushed images stay in the data dir); set the rate."""
-    set_rate(cfg, rate_kib)
+def start(cfg: Config, rate_kib: float | None = None, *, keep_rate: bool = False) -> None:
+    """Start the registry and its proxy unless they run (the pushed images stay in the data dir); set the rate
+    (`keep_rate`: leave the rate file as it is)."""
+    if not keep_rate:
+        set_rate(cfg, rate_kib)
     if running(cfg):
         return
     stop(cfg)  # one of the two died: start both afresh

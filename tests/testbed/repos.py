@@ -2,7 +2,7 @@
 
 Package names, versions and dependency shapes follow the real repositories (sources in tests/testbed/README.md);
 the payloads are small stand-ins whose behaviour the e2e tests observe (nvidia-smi, module "load" on boot,
-reboot-required, nvidia-ctk's daemon.json merge, runc-exec runtime).
+reboot-required, nvidia-ctk's daemon.json merge, a runtime that enforces NVIDIA_REQUIRE_CUDA then runs runc).
 """
 
 from __future__ import annotations
@@ -152,7 +152,8 @@ def nvct_debs() -> list[Deb]:
             files={"/usr/bin/nvidia-container-cli": (LOGGED.format(tail="exit 0"), 0o755)}),
         Deb("nvidia-container-toolkit-base", v, files={
             "/usr/bin/nvidia-ctk": ((DEBS_SRC / "nvidia_ctk.py").read_text(), 0o755),
-            "/usr/bin/nvidia-container-runtime": (LOGGED.format(tail='exec runc "$@"'), 0o755),
+            # checks NVIDIA_REQUIRE_CUDA as nvidia-container-cli does, then runs runc (debs/nvidia_container_runtime.py)
+            "/usr/bin/nvidia-container-runtime": ((DEBS_SRC / "nvidia_container_runtime.py").read_text(), 0o755),
             "/etc/nvidia-container-runtime/config.toml": ("#testbed stand-in\n", 0o644)}),
         Deb("nvidia-container-toolkit", v, control={"Depends": f"nvidia-container-toolkit-base (= {v}), "
                                                     f"libnvidia-container-tools (>= {v}), "

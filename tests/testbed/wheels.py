@@ -8,7 +8,8 @@ from pathlib import Path
 from .config import Config
 from .proc import run, timed
 
-REQUIREMENTS = ["huggingface-hub>=1.0,<3", "requests"]
+# the hf venv's, then the gateway's router (gateway_router_requirement's default)
+REQUIREMENTS = ["huggingface-hub>=1.0,<3", "requests", "vllm-router==0.1.17"]
 # Ubuntu 24.04 ships glibc 2.39; list the manylinux tags pip may pick for it.
 PLATFORMS = ["manylinux_2_39_x86_64", "manylinux_2_34_x86_64", "manylinux_2_28_x86_64",
              "manylinux_2_17_x86_64", "manylinux2014_x86_64", "manylinux_2_5_x86_64", "manylinux1_x86_64"]
@@ -17,7 +18,8 @@ PLATFORMS = ["manylinux_2_39_x86_64", "manylinux_2_34_x86_64", "manylinux_2_28_x
 def ensure_wheels(cfg: Config) -> Path:
     """Download (once) REQUIREMENTS and their dependencies for the hosts' Python into the cache."""
     dest = cfg.cache / "wheels"
-    if (dest / ".complete").exists():
+    done = dest / ".complete"
+    if done.exists() and done.read_text() == "\n".join(REQUIREMENTS) + "\n":
         return dest
     dest.mkdir(parents=True, exist_ok=True)
     with timed("pip download wheels for the hosts"):

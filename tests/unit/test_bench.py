@@ -223,3 +223,18 @@ def test_rerun_benchmark_imports_without_pytest() -> None:
     proc = subprocess.run([sys.executable, "-c", code], cwd=project, capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
     assert "usage: rerun.py" in proc.stdout and "--hosts" in proc.stdout
+
+
+def test_piped_table_is_printed_at_full_width(capsys: pytest.CaptureFixture[str]) -> None:
+    # the H200 run's level: piped through rich's 80 columns it printed `128/…` and `1505…` (issue 13)
+    level = {"concurrency": 64, "summary": {
+        "ok": 128, "requests": 128, "prompt_tokens_mean": 1041.2, "output_tok_s": 1505.43,
+        "request_output_tok_s": {"p50": 23.71}, "ttft_s": {"p50": 2.216, "p99": 5.916},
+        "tpot_s": {"p50": 0.0308, "p99": 0.0411}, "latency_s": {"p99": 14.5}}}
+    buffer = io.StringIO()  # not a terminal
+    bench.print_table(bench.results_table([level]), file=buffer)
+    text = buffer.getvalue()
+    assert "128/128" in text and "1505.4" in text and "…" not in text
+    assert max(len(line) for line in text.splitlines()) > 80
+    bench.print_table(bench.results_table([level]))  # stdout, captured by pytest: not a terminal either
+    assert "1505.4" in capsys.readouterr().out

@@ -23,11 +23,20 @@ def test_good_combo_h200_driver580_newest():
 
 
 def test_image_cuda_newer_than_driver():
-    res = run("0.11.1", [A100], driver="570.153.02")
+    # CUDA 12.9 image on driver 570 (CUDA 12.8): refused on a GeForce, whose brand no compat clause names ...
+    res = run("0.11.1", [TI2080], driver="570.153.02", dtype="half", quant="awq")
     assert len(res.errors) == 1
     msg = res.errors[0]
     assert "12.9" in msg and "12.8" in msg and "nvidia_driver_version" in msg and "vllm_image" in msg
+    assert "geforce" in msg
     assert run("0.11.0", [A100], driver="570.153.02").errors == []
+    # ... and started on a data-center card through its brand=nvidia,driver>=570,driver<571 clause
+    ok = run("0.11.1", [A100], driver="570.153.02")
+    assert ok.errors == [] and any("NVIDIA_REQUIRE_CUDA" in w for w in ok.warnings)
+    # a branch the clauses do not name (575 runs 12.9 itself; 560 is listed, 555 is not) and CUDA 13 images
+    assert run("0.11.1", [A100], driver="560.35.03").errors == []
+    assert run("0.11.1", [A100], driver="555.58.02").errors
+    assert run("0.20.0", [A100], driver="570.153.02").errors  # CUDA 13.0 image: no clause for 570
 
 
 def test_image_cuda_suffix_overrides_default_build():
@@ -123,7 +132,8 @@ def test_auto_choices_follow_the_compute_capability_rules():
 
 
 def test_each_error_names_the_setting_it_is_filed_under():
-    results = [run("0.11.1", [A100], driver="570.153.02"), run("0.10.1", [A100], driver="latest"),
+    results = [run("0.11.1", [TI2080], driver="570.153.02", dtype="half", quant="awq"),
+               run("0.10.1", [A100], driver="latest"),
                run("0.20.0", [V100], dtype="half", quant="awq"), run("0.10.1", [T4], driver="570.153.02",
                                                                      dtype="bfloat16", quant="awq_marlin"),
                run("0.23.0", [H200], dtype="bfloat16", quant="awq"), run("0.26.0", [H200], dtype="half", kv="fp8")]

@@ -251,7 +251,7 @@ def test_literal_types_and_choice_validators_agree():
             assert _literal_values(hints[f.name]) == set(choices or ()), f.name
             checked += 1
     assert checked >= 9
-    assert settings.PROFILES == ("auto", "balanced", "max-context")
+    assert settings.PROFILES == ("auto", "balanced", "max-context", "throughput")
 
 
 def test_every_setting_has_our_prefix_and_sections_are_contiguous():
@@ -259,7 +259,8 @@ def test_every_setting_has_our_prefix_and_sections_are_contiguous():
     assert all(n.startswith(settings.OUR_PREFIXES) for n in names)
     order = [settings.section(n) for n in names]
     runs = [s for i, s in enumerate(order) if i == 0 or order[i - 1] != s]
-    assert runs == ["preflight", "NVIDIA driver", "CUDA toolkit", "Docker", "NVIDIA Container Toolkit", "Model", "vLLM"]
+    assert runs == ["preflight", "NVIDIA driver", "CUDA toolkit", "Docker", "NVIDIA Container Toolkit", "Model", "vLLM",
+                    "Watchdog (GPU hosts)", "Gateway (hosts in group gateways)"]
 
 
 def test_markdown_table_has_every_setting_with_default_allowed_values_and_doc():

@@ -141,3 +141,31 @@ def test_newest_release_for_580_is_newest_and_volta_stops_at_cuda12():
 def test_newest_release_for_old_driver_refused():
     with pytest.raises(ValueError, match="nvidia_driver_version"):
         v.newest_release_for((12, 2), 9.0)
+
+
+def test_image_requirement_is_the_cuda_12_9_images_own():
+    # tests/fixtures/nvidia_require_cuda_12.9.txt: the env of a vLLM 0.16.0 (CUDA 12.9.1) image
+    from pathlib import Path
+
+    fixture = Path(__file__).resolve().parents[1] / "fixtures" / "nvidia_require_cuda_12.9.txt"
+    [line] = [ln for ln in fixture.read_text().splitlines() if ln.startswith("NVIDIA_REQUIRE_CUDA=")]
+    assert v.image_requirement((12, 9)) == line.split("=", 1)[1]
+    assert v.image_requirement((13, 0)) == "cuda>=13.0"
+
+
+def test_driver_runs_follows_the_requirement_clauses():
+    assert v.driver_runs((12, 8), "570.172.08", {"geforce"})
+    assert v.driver_runs((12, 9), "570.172.08", {"nvidia"})
+    assert not v.driver_runs((12, 9), "570.172.08", {"geforce"})
+    assert not v.driver_runs((12, 9), "570.172.08", {"nvidia", "geforce"})  # every GPU must pass
+    assert not v.driver_runs((13, 0), "570.172.08", {"nvidia"})
+    assert v.driver_runs((13, 0), "580.159.04", {"geforce"})
+
+
+def test_variant_images_are_only_those_a_source_names():
+    variants = [r.version for r in v.VLLM_RELEASES.values() if r.cu129_variant]
+    assert variants == ["0.20.0", "0.20.2", "0.21.0"]
+    assert [i.ref for i in v.images_of(v.release("0.21.0"))] == [
+        "vllm/vllm-openai:v0.21.0", "vllm/vllm-openai:v0.21.0-cu129"]
+    assert v.gpu_brand("NVIDIA GeForce RTX 2080 Ti") == "geforce"
+    assert v.gpu_brand("NVIDIA H100 80GB HBM3") == "nvidia"

@@ -16,7 +16,23 @@ what the deploy and its checks can observe:
     it) gets "<think>\\nLet me think.\\n</think>\\n\\n" first, as a thinking Qwen3 would, so a wrong template shows.
     Tokens are whitespace words: prompt_tokens counts the rendered prompt, max_tokens cuts the reply,
     ignore_eos pads it to max_tokens; each token costs $FAKE_VLLM_TOKEN_DELAY seconds (default 0.002).
-    With --reasoning-parser the think block goes to reasoning_content/reasoning instead of content.
+    With --reasoning-parser the think block goes to reasoning_content/reasoning instead of content; on releases with
+    --default-chat-template-kwargs (0.14+ in the flag list) the parser, like vLLM 0.26's, takes the whole non-stream
+    output for reasoning unless enable_thinking is false (server default kwargs merged under the request's).
+  - tools (issue 13): a request with `tools` and tool_choice "auto" is refused (400) without
+    --enable-auto-tool-choice --tool-call-parser, as vLLM does; with them (or with "required"/a named function) the
+    reply is a hermes call of the first (or named) tool: `tool_calls`, content null, finish_reason "tool_calls".
+    --enable-auto-tool-choice without --tool-call-parser, or an unknown parser name, stops it at start.
+  - GET /metrics (no key, as vLLM's): vLLM's own names and labels (engine="0",model_name=<first served name>) for
+    vllm:num_requests_running, vllm:num_requests_waiting, vllm:generation_tokens_total, vllm:prompt_tokens_total,
+    vllm:request_success_total, moving as requests run (names as vLLM 0.26.0 exports them:
+    tests/fixtures/vllm_hang/metrics_load.txt).
+  - hang switch: while the file $FAKE_VLLM_HANG_FILE (default /tmp/hang) exists, /health still answers 200 and
+    /metrics answers with frozen values, running requests stay running and produce no token, new requests wait
+    before the engine (not counted), as a frozen vLLM engine does (tests/fixtures/vllm_hang/README.md). The file is
+    deleted at start, so a restart cures the hang. At most --max-num-seqs requests run at once (the others wait,
+    counted in vllm:num_requests_waiting), as vLLM's scheduler does. While $FAKE_VLLM_SLOW_FILE (default /tmp/slow) exists, each
+    token costs the seconds written in it instead (a slow but live engine).
 Other known flags are accepted and ignored.
 """
 
@@ -26,6 +42,7 @@ import argparse
 import json
 import os
 import sys
+import threading
 import time
 import uuid
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -47,6 +64,10 @@ THINK_PREFIX = ["<think>", "\nLet", " me", " think.", "\n</think>"]  # 5 tokens,
 REPLY = "This is a deterministic reply from fake vLLM."
 OPEN_TURN = "<|im_start|>assistant\n"
 MULTI_VALUE = {"--served-model-name", "--api-key"}  # vLLM takes one or more values for these
+TOOL_PARSERS = ("hermes", "llama3_json", "mistral", "pythonic", "qwen3_coder", "qwen3_xml")  # a subset of vLLM's
+REASONING_PARSERS = ("deepseek_r1", "qwen3")  # a subset of vLLM's
+HANG_FILE = "/tmp/hang"  # the hang switch (issue 11): while it exists, no token is produced
+SLOW_FILE = "/tmp/slow"  # seconds per token while it exists
 
 
 class ApiError(Exception):
@@ -148,7 +169,83 @@ class Engine:
         self.api_keys = list(value(args, "api_key") or []) or [k for k in [os.environ.get("VLLM_API_KEY")] if k]
         self.template = self._load_template(value(args, "chat_template"), model_dir)
         self.reasoning = bool(value(args, "reasoning_parser"))
+        self._check_parsers(args)
         self.token_delay = float(os.environ.get("FAKE_VLLM_TOKEN_DELAY", "0.002"))
+        self.hang_file = os.environ.get("FAKE_VLLM_HANG_FILE", HANG_FILE)
+        self.slow_file = os.environ.get("FAKE_VLLM_SLOW_FILE", SLOW_FILE)
+        self.lock = threading.Lock()
+        self.running = 0
+        self.waiting = 0
+        # vLLM's scheduler runs at most --max-num-seqs requests at once; the others wait (vllm:num_requests_waiting)
+        seqs = value(args, "max_num_seqs")
+        self.slots = threading.BoundedSemaphore(int(seqs)) if seqs else None
+        self.generated = 0
+        self.prompt_total = 0
+        self.success: dict[str, int] = {"stop": 0, "length": 0, "abort": 0, "error": 0, "repetition": 0}
+
+    def hung(self) -> bool:
+        return os.path.exists(self.hang_file)
+
+    def wait_while_hung(self) -> None:
+        while self.hung():
+            time.sleep(0.2)
+
+    def step(self) -> None:
+        """One generated token: its delay (or the slow file's), blocked while the hang switch is on."""
+        self.wait_while_hung()
+        delay = self.token_delay
+        try:
+            with open(self.slow_file, encoding="utf-8") as fh:
+                delay = float(fh.read().strip() or delay)
+        except (OSError, ValueError):
+            pass
+        time.sleep(delay)
+        self.wait_while_hung()
+        with self.lock:
+            self.generated += 1
+
+    def admit(self, prompt_tokens: int) -> None:
+        self.wait_while_hung()  # a frozen engine never takes in new requests
+        if self.slots is not None:
+            with self.lock:
+                self.waiting += 1
+            self.slots.acquire()
+            with self.lock:
+                self.waiting -= 1
+        with self.lock:
+            self.running += 1
+            self.prompt_total += prompt_tokens
+
+    def finish(self, reason: str) -> None:
+        if self.slots is not None:
+            self.slots.release()
+        with self.lock:
+            self.running -= 1
+            self.success[reason] = self.success.get(reason, 0) + 1
+
+    def metrics(self) -> str:
+        """Prometheus text in vLLM's names and labels."""
+        labels = f'engine="0",model_name="{self.names[0]}"'
+        with self.lock:
+            lines = [
+                "# HELP vllm:num_requests_running Number of requests in model execution batches.",
+                "# TYPE vllm:num_requests_running gauge",
+                f"vllm:num_requests_running{{{labels}}} {float(self.running)}",
+                "# HELP vllm:num_requests_waiting Number of requests waiting to be processed.",
+                "# TYPE vllm:num_requests_waiting gauge",
+                f"vllm:num_requests_waiting{{{labels}}} {float(self.waiting)}",
+                "# HELP vllm:prompt_tokens_total Number of prefill tokens processed.",
+                "# TYPE vllm:prompt_tokens_total counter",
+                f"vllm:prompt_tokens_total{{{labels}}} {float(self.prompt_total)}",
+                "# HELP vllm:generation_tokens_total Number of generation tokens processed.",
+                "# TYPE vllm:generation_tokens_total counter",
+                f"vllm:generation_tokens_total{{{labels}}} {float(self.generated)}",
+                "# HELP vllm:request_success_total Count of successfully processed requests.",
+                "# TYPE vllm:request_success_total counter",
+                *(f'vllm:request_success_total{{engine="0",finished_reason="{r}",model_name="{self.names[0]}"}} '
+                  f"{float(n)}" for r, n in self.success.items()),
+            ]
+        return "\n".join(lines) + "\n"
 
     @staticmethod
     def _check_weights(model_dir: Path) -> None:
@@ -205,8 +302,57 @@ class Engine:
             return tokens[:limit], "length"
         return tokens, "stop"
 
-    def split_reasoning(self, text: str) -> tuple[str | None, str]:
+    def _check_parsers(self, args: argparse.Namespace) -> None:
+        """Tool-call and reasoning parser flags, refused at start as vLLM refuses them (issue 13)."""
+        self.tool_parser = value(args, "tool_call_parser")
+        self.auto_tool_choice = getattr(args, "enable_auto_tool_choice", None) not in (None, False)  # a bare flag
+        if self.auto_tool_choice and not self.tool_parser:
+            fail("TypeError: Error: --enable-auto-tool-choice requires --tool-call-parser")
+        if self.tool_parser and self.tool_parser not in TOOL_PARSERS:
+            fail(f"KeyError: 'invalid tool call parser: {self.tool_parser} (chose from {{ {', '.join(TOOL_PARSERS)} }})'")
+        reasoning = value(args, "reasoning_parser")
+        if reasoning and reasoning not in REASONING_PARSERS:
+            fail(f"KeyError: 'invalid reasoning parser: {reasoning} (chose from {{ {', '.join(REASONING_PARSERS)} }})'")
+        raw = value(args, "default_chat_template_kwargs")
+        try:
+            self.default_kwargs = json.loads(raw) if raw else {}
+        except ValueError:
+            fail(f"api_server.py: error: argument --default-chat-template-kwargs: invalid loads value: {raw!r}", 2)
+        # Releases with --default-chat-template-kwargs (0.14+) have the rewritten qwen3 parser: it takes every output
+        # for reasoning unless chat_template_kwargs.enable_thinking is false (vLLM 0.26.0 measured on an H200);
+        # older parsers split only an output that has both <think> and </think>.
+        self.thinking_by_kwargs = "--default-chat-template-kwargs" in known_flags()
+
+    def template_kwargs(self, body: dict[str, Any]) -> dict[str, Any]:
+        """The server's --default-chat-template-kwargs with the request's chat_template_kwargs over them."""
+        return {**self.default_kwargs, **(body.get("chat_template_kwargs") or {})}
+
+    def tool_call(self, body: dict[str, Any]) -> dict[str, Any] | None:
+        """The call a Qwen3 model makes when the request offers tools (the first tool, arguments from its schema);
+        None when no call is made. tool_choice "auto" needs the parser flags, as in vLLM."""
+        tools = [t for t in body.get("tools") or [] if isinstance(t, dict) and t.get("type") == "function"]
+        choice = body.get("tool_choice", "auto" if tools else "none")
+        if not tools or choice == "none":
+            return None
+        if choice == "auto" and not (self.auto_tool_choice and self.tool_parser):
+            raise ApiError(400, '"auto" tool choice requires --enable-auto-tool-choice and --tool-call-parser to be set')
+        if isinstance(choice, dict):
+            wanted = (choice.get("function") or {}).get("name")
+            tools = [t for t in tools if t["function"].get("name") == wanted] or tools
+        function = tools[0]["function"]
+        params = (function.get("parameters") or {}).get("properties") or {}
+        sample = {"string": "fake", "integer": 0, "number": 0, "boolean": False, "array": [], "object": {}}
+        arguments = {name: (spec.get("enum") or [sample.get(spec.get("type"), "fake")])[0]
+                     for name, spec in params.items() if isinstance(spec, dict)}
+        return {"name": function.get("name"), "arguments": arguments}
+
+    def split_reasoning(self, text: str, kwargs: dict[str, Any] | None = None) -> tuple[str | None, str]:
         """(reasoning, content) as a reasoning parser would split them; (None, text) without one."""
+        if self.reasoning and self.thinking_by_kwargs:
+            if not (kwargs or {}).get("enable_thinking", True):
+                return None, text
+            thought, closed, rest = text.removeprefix("<think>").partition("</think>")
+            return (thought.strip("\n"), rest.lstrip("\n")) if closed else (thought, None)  # type: ignore[return-value]
         if not self.reasoning or not text.startswith("<think>"):
             return None, text
         thought, closed, rest = text[len("<think>"):].partition("</think>")
@@ -236,7 +382,8 @@ class Handler(BaseHTTPRequestHandler):
               f'HTTP/1.1" {status}', flush=True)
 
     def do_GET(self) -> None:
-        self._route({"/health": self._health, "/version": self._version, "/v1/models": self._models})
+        self._route({"/health": self._health, "/version": self._version, "/v1/models": self._models,
+                     "/metrics": self._metrics})
 
     def do_POST(self) -> None:
         self._route({"/v1/chat/completions": self._chat, "/v1/completions": self._completions})
@@ -247,7 +394,7 @@ class Handler(BaseHTTPRequestHandler):
         raw = self.rfile.read(length) if length else b""
         try:
             if path not in routes:
-                other = {"/health", "/version", "/v1/models", "/v1/chat/completions", "/v1/completions"}
+                other = {"/health", "/version", "/v1/models", "/metrics", "/v1/chat/completions", "/v1/completions"}
                 self._send_json(405 if path in other else 404,
                                 {"detail": "Method Not Allowed" if path in other else "Not Found"})
                 return
@@ -272,6 +419,9 @@ class Handler(BaseHTTPRequestHandler):
 
     def _health(self, _raw: bytes) -> None:
         self._send_bytes(200, b"", "application/json")
+
+    def _metrics(self, _raw: bytes) -> None:
+        self._send_bytes(200, self.engine.metrics().encode(), "text/plain; version=0.0.4; charset=utf-8")
 
     def _version(self, _raw: bytes) -> None:
         self._send_json(200, {"version": os.environ.get("FAKE_VLLM_VERSION", "0.0.0+fake")})
@@ -298,10 +448,52 @@ class Handler(BaseHTTPRequestHandler):
         try:
             prompt = render(self.engine.template, messages, tools=body.get("tools"),
                             add_generation_prompt=body.get("add_generation_prompt", True),
-                            **(body.get("chat_template_kwargs") or {}))
+                            **self.engine.template_kwargs(body))
         except TemplateError as exc:
             raise ApiError(400, f"chat template error: {exc}") from exc
+        call = self.engine.tool_call(body)
+        if call is not None:
+            self._answer_tool_call(body, model, prompt, call)
+            return
         self._answer(body, model, prompt, chat=True)
+
+    def _answer_tool_call(self, body: dict[str, Any], model: str, prompt: str, call: dict[str, Any]) -> None:
+        """A hermes tool call (<tool_call>{json}</tool_call>) as the parser returns it: tool_calls, no content."""
+        engine = self.engine
+        text = f"<tool_call>\n{json.dumps(call)}\n</tool_call>"
+        prompt_tokens, completion = len(prompt.split()), len(text.split())
+        usage = {"prompt_tokens": prompt_tokens, "total_tokens": prompt_tokens + completion,
+                 "completion_tokens": completion, "prompt_tokens_details": None}
+        tool_call = {"id": "chatcmpl-tool-" + uuid.uuid4().hex, "type": "function",
+                     "function": {"name": call["name"], "arguments": json.dumps(call["arguments"])}}
+        ident, created = "chatcmpl-" + uuid.uuid4().hex, int(time.time())
+        engine.admit(prompt_tokens)
+        try:
+            for _ in range(completion):
+                engine.step()
+        finally:
+            engine.finish("stop")
+        if body.get("stream"):
+            extra = {"usage": None} if (body.get("stream_options") or {}).get("include_usage") else {}
+            base = {"id": ident, "object": "chat.completion.chunk", "created": created, "model": model}
+            payloads = [
+                {**base, "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}, "logprobs": None,
+                                      "finish_reason": None}], **extra},
+                {**base, "choices": [{"index": 0, "delta": {"tool_calls": [{"index": 0, **tool_call}]},
+                                      "logprobs": None, "finish_reason": None}], **extra},
+                {**base, "choices": [{"index": 0, "delta": {}, "logprobs": None, "finish_reason": "tool_calls"}],
+                 **extra},
+            ]
+            if extra:
+                payloads.append({**base, "choices": [], "usage": usage})
+            self._stream(iter(payloads))
+            return
+        message = {"role": "assistant", "content": None, "reasoning_content": None, "reasoning": None,
+                   "tool_calls": [tool_call]}
+        self._send_json(200, {"id": ident, "object": "chat.completion", "created": created, "model": model,
+                              "choices": [{"index": 0, "message": message, "logprobs": None,
+                                           "finish_reason": "tool_calls", "stop_reason": None}],
+                              "usage": usage, "prompt_logprobs": None})
 
     def _completions(self, raw: bytes) -> None:
         body = self._body(raw)
@@ -325,14 +517,22 @@ class Handler(BaseHTTPRequestHandler):
                  "completion_tokens": n * len(tokens), "prompt_tokens_details": None}
         ident = ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex
         created = int(time.time())
-        if body.get("stream"):
-            include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
-            self._stream(self._chunks(ident, created, model, tokens, finish, n, chat, usage, include_usage))
-            return
-        time.sleep(engine.token_delay * len(tokens))
+        engine.admit(prompt_tokens)
+        try:
+            if body.get("stream"):
+                include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
+                self._stream(self._chunks(ident, created, model, tokens, finish, n, chat, usage, include_usage))
+                return
+            for _ in tokens:
+                engine.step()
+        except BaseException:
+            finish = "abort"
+            raise
+        finally:
+            engine.finish(finish)
         text = "".join(tokens)
         if chat:
-            reasoning, content = engine.split_reasoning(text)
+            reasoning, content = engine.split_reasoning(text, engine.template_kwargs(body))
             message = {"role": "assistant", "content": content, "reasoning_content": reasoning,
                        "reasoning": reasoning, "tool_calls": []}
             choices = [{"index": i, "message": message, "logprobs": None, "finish_reason": finish, "stop_reason": None}
@@ -360,7 +560,7 @@ class Handler(BaseHTTPRequestHandler):
         if chat and self.engine.reasoning and tokens[:1] == ["<think>"]:
             think_end = next((i for i, t in enumerate(tokens) if "</think>" in t), len(tokens) - 1)
         for pos, token in enumerate(tokens):
-            time.sleep(self.engine.token_delay)
+            self.engine.step()
             last = pos == len(tokens) - 1
             if chat:
                 if pos <= think_end:
@@ -420,6 +620,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f"INFO [utils.py] non-default args: {given}", flush=True)
     print(f"INFO [api_server.py] args: {args}", flush=True)
     engine = Engine(args)
+    if engine.hung():  # a restart cures the hang (the switch lives in the container's /tmp)
+        os.remove(engine.hang_file)
+        print(f"INFO [fake_vllm] hang switch {engine.hang_file} removed at start", flush=True)
     print(f"INFO [model.py] Using max model len {engine.max_model_len}", flush=True)
     time.sleep(float(os.environ.get("FAKE_VLLM_START_DELAY", "0")))
     print("INFO [gpu_model_runner.py] Model loading took 0.00 GiB and 0.0 seconds (fake)", flush=True)

@@ -1,0 +1,60 @@
+"""Fact: one end-to-end check through the gateway (GET /v1/models, then a 1-token chat completion), run on the
+gateway host by python3 with the key read from a 0600 header file (never on a command line)."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from pyinfra.api import FactBase, QuoteString, StringCommand
+
+# Runs on the gateway host (python3's standard library); argv: port, header file, model, timeout seconds.
+CHECK = r"""
+import json, sys, time, urllib.request, urllib.error
+port, header_file, model, timeout = sys.argv[1], sys.argv[2], sys.argv[3], float(sys.argv[4])
+name, _, value = open(header_file).read().strip().partition(": ")
+base = "http://127.0.0.1:%s" % port
+deadline, last = time.monotonic() + timeout, ""
+while True:
+    try:
+        req = urllib.request.Request(base + "/v1/models", headers={name: value})
+        models = [m["id"] for m in json.load(urllib.request.urlopen(req, timeout=10))["data"]]
+        if model not in models:
+            raise ValueError("/v1/models lists %s, not %s" % (models, model))
+        body = json.dumps({"model": model, "messages": [{"role": "user", "content": "ping"}], "max_tokens": 1})
+        req = urllib.request.Request(base + "/v1/chat/completions", data=body.encode(),
+                                     headers={name: value, "Content-Type": "application/json"})
+        answer = json.load(urllib.request.urlopen(req, timeout=30))
+        print(json.dumps({"ok": True, "models": models, "completion_tokens": answer["usage"]["completion_tokens"]}))
+        break
+    except urllib.error.HTTPError as exc:
+        last = "HTTP %s: %s" % (exc.code, exc.read()[:200].decode("utf-8", "replace"))
+    except Exception as exc:
+        last = "%s: %s" % (type(exc).__name__, exc)
+    if time.monotonic() > deadline:
+        print(json.dumps({"ok": False, "error": last}))
+        break
+    time.sleep(2)
+"""
+
+
+class GatewayCheck(FactBase[dict]):
+    """{"ok": True, "models": [...], "completion_tokens": 1} or {"ok": False, "error": "..."}."""
+
+    @staticmethod
+    def default() -> dict:
+        return {"ok": False, "error": "the check printed nothing"}
+
+    def command(self, port: int, header_file: str, model: str, timeout_s: int) -> StringCommand:
+        return StringCommand("python3", "-c", QuoteString(CHECK), str(port), QuoteString(header_file),
+                             QuoteString(model), str(timeout_s), "2>&1", "||", "true")
+
+    def process(self, output: list[str]) -> dict[str, Any]:
+        for line in reversed(output):
+            try:
+                parsed = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(parsed, dict):
+                return parsed
+        return {"ok": False, "error": " ".join(output)[-300:]}

@@ -1,0 +1,122 @@
+"""The gateway's role and configuration, pure: which hosts are gateways, which backends they front, the router's
+command line, and the inventory-wide checks made before any host is touched.
+
+The gateway is vllm-router (PyPI `vllm-router`, github.com/vllm-project/router): health-checked round-robin /
+power-of-two / cache-aware routing with retries and a circuit breaker. We write no router of our own.
+Facts it relies on, checked against the stand-in on the testbed (tests/e2e/test_gateway.py):
+  - it passes the client's Authorization header on to the worker, so a client without the vLLM key gets vLLM's own
+    401 (and `gateway_api_key` can only be the vLLM key);
+  - its health check is a GET of `/health`, which vLLM answers without the key (vllm-project/vllm#18893 lists
+    /health among the routes outside --api-key), so router#159 (health checks without the key) does not bite;
+  - at start it serves as soon as one worker answers /health; with none answering it exits after
+    --worker-startup-timeout-secs (seen with 0.1.17; systemd's Restart= starts it again);
+  - it has no TLS and no client key of its own (HTTPS, `gateway_tls_*` of issue 11, is not done).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+GATEWAYS = "gateways"  # inventory group whose hosts run the gateway (interface: keep the name)
+GPU_HOSTS = "gpu_hosts"  # a host in both groups also gets the GPU stack
+
+
+def is_gateway(groups: Iterable[str]) -> bool:
+    return GATEWAYS in set(groups)
+
+
+def is_gpu_host(groups: Iterable[str]) -> bool:
+    """Every host is a GPU host except one only in `gateways` (not also in `gpu_hosts`)."""
+    groups = set(groups)
+    return GATEWAYS not in groups or GPU_HOSTS in groups
+
+
+def instance_ports(s: Any) -> list[int]:
+    """The host ports of a GPU host's vLLM instances, from its settings alone (vllm_instances, else vllm_port):
+    the gateway is configured before, and without, reading the GPU hosts."""
+    return [int(i["port"]) for i in s.vllm_instances] if s.vllm_instances else [int(s.vllm_port)]
+
+
+@dataclass(frozen=True)
+class FleetHost:
+    name: str  # inventory name
+    address: str  # where the gateway reaches it (ssh_hostname, else the inventory name)
+    groups: tuple[str, ...]
+    settings: Any  # gpu_llm.settings.Settings
+    api_key: str | None  # its vLLM API key (vllm_api_key or the file's content)
+
+
+def backend_urls(fleet: list[FleetHost], extra: list[str]) -> list[str]:
+    """Every vLLM instance of every GPU host of the inventory, then `gateway_extra_backends`; sorted, distinct."""
+    urls = {f"http://{h.address}:{port}" for h in fleet if is_gpu_host(h.groups) for port in instance_ports(h.settings)}
+    return sorted(urls) + [u.rstrip("/") for u in extra if u.rstrip("/") not in urls]
+
+
+def fleet_problems(fleet: list[FleetHost]) -> list[tuple[str, str]]:
+    """Inventory-wide checks: with a gateway, every GPU host needs an API key (its port is then published beyond
+    127.0.0.1, so the gateway can reach it), the same key everywhere (the router passes the client's key on), and a
+    gateway_api_key, if set, equal to it."""
+    gateways = [h for h in fleet if is_gateway(h.groups)]
+    if not gateways:
+        return []
+    problems: list[tuple[str, str]] = []
+    gpu = [h for h in fleet if is_gpu_host(h.groups)]
+    unkeyed = [h.name for h in gpu if not h.api_key]
+    if unkeyed:
+        problems.append(("vllm_api_key", f"the inventory has gateways ({', '.join(h.name for h in gateways)}), so "
+                         "every GPU host needs vllm_api_key or vllm_api_key_file (without a key its port is bound to "
+                         f"127.0.0.1 and the gateway cannot reach it); no key on: {', '.join(unkeyed)}"))
+    keys = {h.api_key for h in gpu if h.api_key}
+    if len(keys) > 1:
+        problems.append(("vllm_api_key", "the GPU hosts behind a gateway must share one vllm_api_key (the gateway "
+                         "passes the client's key on to whichever host serves the request)"))
+    for g in gateways:
+        own = g.settings.gateway_api_key
+        if own and keys and own not in keys:
+            problems.append(("gateway_api_key", f"gateway_api_key on {g.name} differs from the GPU hosts' vLLM API "
+                             "key: vllm-router passes the client's key on to vLLM, so it must be the same key "
+                             "(or null to use it)"))
+        if not (own or keys or g.api_key):
+            problems.append(("gateway_api_key", f"gateway {g.name}: no API key (set vllm_api_key or "
+                             "vllm_api_key_file for the fleet)"))
+    return problems
+
+
+def router_args(urls: list[str], s: Any) -> list[str]:
+    """vllm-router's command line (no secret on it: the client's key is passed on)."""
+    return [
+        "--host", s.gateway_bind, "--port", str(s.gateway_port),
+        "--worker-urls", *urls,
+        "--policy", s.gateway_policy,
+        "--health-check-interval-secs", str(s.gateway_health_interval),
+        "--health-failure-threshold", "1",
+        "--health-success-threshold", "1",
+        "--health-check-timeout-secs", "5",
+        "--health-check-endpoint", "/health",
+        # the router waits at start for every worker to answer /health; a GPU host down then must not keep
+        # the gateway down for long (systemd starts it again)
+        "--worker-startup-timeout-secs", "60",
+        "--request-timeout-secs", "3600",  # long generations stream for minutes
+        "--log-level", "info",
+    ]
+
+
+def unit_text(venv: str, args: list[str]) -> bytes:
+    import shlex
+
+    return (
+        "# gpu-llm: managed by pyinfra (gpu_llm/deploys/gateway.py); edits are overwritten\n"
+        "[Unit]\n"
+        "Description=gpu-llm gateway (vllm-router) in front of every vLLM instance of the inventory\n"
+        "After=network-online.target\n"
+        "Wants=network-online.target\n\n"
+        "[Service]\n"
+        f"ExecStart={venv}/bin/vllm-router {' '.join(shlex.quote(a) for a in args)}\n"
+        "Restart=always\n"
+        "RestartSec=3\n"
+        "DynamicUser=yes\n\n"
+        "[Install]\n"
+        "WantedBy=multi-user.target\n"
+    ).encode()

@@ -1,0 +1,111 @@
+"""Operations of the gateway host: vllm-router's venv, its systemd unit (restarted only when it changed), and an
+end-to-end check through it. State from the host snapshot (files' sha256, the unit's state)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable
+from io import BytesIO
+
+from pyinfra import host, state
+from pyinfra.api import FileUploadCommand, QuoteString, StringCommand
+
+from gpu_llm.facts import snapshot
+from gpu_llm.facts.gateway import GatewayCheck
+from gpu_llm.operations import operation
+from gpu_llm.operations.vllm import fail
+
+from gpu_llm.layout import GATEWAY_VENV_MARKER as MARKER
+
+
+def marker_path(venv: str) -> str:
+    return f"{venv}/{MARKER}"
+
+
+def marker_content(requirement: str, pip_args: list[str]) -> str:
+    return "\n".join([requirement, *(f"pip-arg {a}" for a in pip_args)]) + "\n"
+
+
+@operation()
+def barrier():
+    """
+    Nothing: an operation every host runs at the same place, so that pyinfra runs what follows it on any host only
+    after what precedes it on every host.
+    """
+    host.noop("every host reached this step")
+    return
+    yield  # a generator, like every operation
+
+
+@operation()
+def venv(path: str, requirement: str, pip_args: list[str]):
+    """
+    A venv at `path` with `requirement` installed by pip; a marker written after pip succeeded makes re-runs noop.
+
+    **Example:**
+
+    .. code:: python
+
+        venv(name="Install vllm-router", path="/opt/gpu-llm/gateway-venv", requirement="vllm-router==0.1.17",
+             pip_args=[])
+    """
+    wanted = marker_content(requirement, pip_args)
+    current = snapshot.current(host).files.get(marker_path(path))
+    if current is not None and current.kind == "file" and current.sha256 == hashlib.sha256(wanted.encode()).hexdigest():
+        host.noop(f"venv {path} has {requirement}")
+        return
+    yield StringCommand("python3", "-m", "venv", QuoteString(path))
+    yield StringCommand(QuoteString(f"{path}/bin/pip"), "install", "--quiet", "--disable-pip-version-check",
+                        *(QuoteString(a) for a in pip_args), QuoteString(requirement))
+    yield FileUploadCommand(BytesIO(wanted.encode()), marker_path(path))
+
+
+@operation()
+def router(unit: str, unit_file: str, content: bytes, venv_changed: Callable[[], bool] = lambda: False):
+    """
+    `unit_file` holds `content` and `unit` runs enabled; restarted only when the unit or the venv changed.
+
+    **Example:**
+
+    .. code:: python
+
+        router(name="Run vllm-router", unit="gpu-llm-gateway.service", unit_file="/etc/systemd/system/...",
+               content=b"[Unit]...")
+    """
+    now = snapshot.current(host)
+    if not now.systemd:
+        yield fail("the gateway runs as a systemd service and systemd is not PID 1 on this host")
+        return
+    current = now.files.get(unit_file)
+    service = now.service(unit)
+    changed = not (current is not None and current.kind == "file"
+                   and current.sha256 == hashlib.sha256(content).hexdigest())
+    commands = []
+    if changed:
+        commands += [FileUploadCommand(BytesIO(content), unit_file), StringCommand("chmod", "644", QuoteString(unit_file)),
+                     StringCommand("systemctl", "daemon-reload")]
+    if service.enabled != "enabled":
+        commands.append(StringCommand("systemctl", "enable", QuoteString(unit)))
+    if service.active == "active" and (changed or venv_changed()):
+        commands.append(StringCommand("systemctl", "restart", QuoteString(unit)))
+    elif service.active != "active":
+        commands.append(StringCommand("systemctl", "start", QuoteString(unit)))
+    if not commands:
+        host.noop(f"{unit} is active with its current configuration")
+        return
+    host.log(f"{unit}: {'new configuration, ' if changed else ''}{'restart' if service.active == 'active' else 'start'}")
+    yield from commands
+
+
+@operation(is_idempotent=False)
+def verified(port: int, header_file: str, model: str, backends: int, timeout_s: int = 120):
+    """Through the gateway: /v1/models lists `model` and one 1-token chat completion answers (the key from the
+    0600 header file, never on a command line). A check: never a change; a failure fails the host."""
+    if not state.is_executing:
+        return
+    result = host.get_fact(GatewayCheck, port=port, header_file=header_file, model=model, timeout_s=timeout_s)
+    if result.get("ok"):
+        host.log(f"gateway on 127.0.0.1:{port} answers for {model} ({backends} backend(s)): {json.dumps(result)}")
+        return
+    yield fail(f"gateway check on 127.0.0.1:{port} failed: {result.get('error') or result}")
