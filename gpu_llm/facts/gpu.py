@@ -129,10 +129,12 @@ class NvidiaGpus(FactBase[GpuInventory]):
             marker("pci"), PCI_COMMAND,
             marker("smi"),
             "if command -v nvidia-smi >/dev/null 2>&1; then "
-            f"nvidia-smi --query-gpu={QUERY_FIELDS} --format=csv,noheader,nounits 2>&1; rc=$?; "
-            "else rc=missing; fi",
+            f"out=$(nvidia-smi --query-gpu={QUERY_FIELDS} --format=csv,noheader,nounits 2>&1); rc=$?; "
+            'printf "%s\\n" "$out"; else rc=missing; fi',
             marker("rc"), 'echo "$rc"',
-            f'if [ "$rc" = 0 ]; then {marker("topo")}; nvidia-smi topo -m 2>/dev/null; fi',
+            # the links between GPUs: nothing to ask with one GPU (nvidia-smi is the slow part of a host read)
+            f'if [ "$rc" = 0 ] && [ "$(printf "%s\\n" "$out" | wc -l)" -gt 1 ]; then {marker("topo")}; '
+            "nvidia-smi topo -m 2>/dev/null; fi",
             "true",
         ])
 

@@ -24,6 +24,7 @@ from gpu_llm.facts.gpu import GpuInventory, NvidiaGpus, parse_inventory
 from gpu_llm.facts.host import HostPreflight, Preflight, parse_preflight
 from gpu_llm.facts.model import ModelSnapshot, SnapshotState, VenvMarker, parse_snapshot_output
 from gpu_llm.facts.nvidia import DRIVER_PATTERNS, DriverState, NvidiaDriver, parse_driver_state
+from gpu_llm.plan.container import MANAGED_LABEL, SPEC_LABEL
 
 PART = "##gpu-llm-part:"  # not a facts.MARK line: the parts' own section markers pass through untouched
 _FILE = "##gpu-llm-file:"
@@ -66,7 +67,7 @@ class HostState(JsonFact):
     services: dict[str, Service] = field(default_factory=dict)
     venv_marker: str | None = None
     model: SnapshotState = field(default_factory=lambda: SnapshotState(None))
-    containers: list[dict[str, Any]] = field(default_factory=list)  # INSPECT_FORMAT's part of `docker inspect`
+    containers: list[dict[str, Any]] = field(default_factory=list)  # name, labels, state (PS_FORMAT) as in `docker inspect`
     images: list[str] = field(default_factory=list)  # local images as "repository:tag" and "repository@digest"
 
     @property
@@ -95,21 +96,20 @@ def _sources_command(paths: tuple[str, ...]) -> str:
 
 
 def _services_command(names: tuple[str, ...]) -> str:
+    """One `systemctl show` for every unit: its Id, ActiveState and UnitFileState, units apart by an empty line."""
     if not names:
         return "true"
-    return (f"for s in {' '.join(shlex.quote(n) for n in names)}; do "
-            'echo "$s|$(systemctl is-active "$s" 2>/dev/null)|$(systemctl is-enabled "$s" 2>/dev/null)"; done; true')
+    units = " ".join(shlex.quote(n) for n in names)
+    return f"systemctl show -p Id -p ActiveState -p UnitFileState -- {units} 2>/dev/null; true"
 
 
-# Only what the deploy decides on, one JSON object per container: a full `docker inspect` would carry the containers'
-# environment (the API key from the env file) into pyinfra's -vvv output.
-INSPECT_FORMAT = ('{"Name": {{json .Name}}, "Id": {{json .Id}}, "Config": {"Labels": {{json .Config.Labels}}}, '
-                  '"State": {"Running": {{json .State.Running}}, "Status": {{json .State.Status}}, '
-                  '"StartedAt": {{json .State.StartedAt}}}}')
-CONTAINERS_COMMAND = ("if command -v docker >/dev/null 2>&1; then ids=$(docker ps -qa 2>/dev/null) && [ -n \"$ids\" ] "
-                      f"&& docker container inspect --format {shlex.quote(INSPECT_FORMAT)} $ids 2>/dev/null; "
-                      "docker images --digests --format 'image {{.Repository}}:{{.Tag}} {{.Repository}}@{{.Digest}}' 2>/dev/null; "
-                      "fi; true")
+# One `docker ps` for what the deploy decides on (name, state, our two labels): no second `docker inspect`, and never
+# the containers' environment (the API key from the env file would reach pyinfra's -vvv output).
+PS_FORMAT = f'ctr|{{{{.Names}}}}|{{{{.State}}}}|{{{{.Label "{SPEC_LABEL}"}}}}|{{{{.Label "{MANAGED_LABEL}"}}}}'
+CONTAINERS_COMMAND = ("if command -v docker >/dev/null 2>&1; then "
+                      f"docker ps -a --no-trunc --format {shlex.quote(PS_FORMAT)} 2>/dev/null; "
+                      "docker images --digests --format 'image {{.Repository}}:{{.Tag}} {{.Repository}}@{{.Digest}}' "
+                      "2>/dev/null; fi; true")
 
 
 def snapshot_command(probe: Probe) -> str:
@@ -172,28 +172,37 @@ def parse_sources(lines: list[str]) -> dict[str, list[str]]:
 
 
 def parse_services(lines: list[str]) -> dict[str, Service]:
-    out = {}
-    for line in lines:
-        name, sep, rest = line.partition("|")
+    """`systemctl show -p Id -p ActiveState -p UnitFileState` blocks -> {unit: Service}, keyed by the Id with and
+    without its .service suffix (the probe names docker's unit "docker")."""
+    out: dict[str, Service] = {}
+    block: dict[str, str] = {}
+    for line in [*lines, ""]:
+        key, sep, value = line.strip().partition("=")
         if sep:
-            active, _, enabled = rest.partition("|")
-            out[name] = Service(active.strip(), enabled.strip())
+            block[key] = value
+            continue
+        if block.get("Id"):
+            unit = block["Id"]
+            service = Service(block.get("ActiveState", ""), block.get("UnitFileState", ""))
+            out[unit] = service
+            if unit.endswith(".service"):
+                out.setdefault(unit[: -len(".service")], service)
+        block = {}
     return out
 
 
 def parse_docker(lines: list[str]) -> tuple[list[dict[str, Any]], list[str]]:
-    """INSPECT_FORMAT lines (one container each) and `image <repo:tag> <repo@digest>` lines."""
+    """PS_FORMAT lines (one container each, as the parts of `docker inspect` the deploy reads) and
+    `image <repo:tag> <repo@digest>` lines."""
     images = [ref for line in lines if line.startswith("image ") for ref in line.split()[1:]
               if not ref.endswith((":<none>", "@<none>"))]
     containers = []
     for line in lines:
-        if line.startswith("{"):
-            try:
-                item = json.loads(line)
-            except ValueError:
-                continue
-            if isinstance(item, dict):
-                containers.append(item)
+        bits = line.strip().split("|")
+        if len(bits) == 5 and bits[0] == "ctr" and bits[1]:
+            labels = {k: v for k, v in ((SPEC_LABEL, bits[3]), (MANAGED_LABEL, bits[4])) if v}
+            containers.append({"Name": "/" + bits[1], "Config": {"Labels": labels},
+                               "State": {"Running": bits[2] == "running", "Status": bits[2]}})
     return containers, images
 
 

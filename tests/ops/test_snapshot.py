@@ -42,14 +42,19 @@ def test_one_command_reads_every_part_on_a_real_shell(tmp_path: Path) -> None:
 
 def test_parts_are_parsed_apart_even_when_docker_is_missing() -> None:
     lines = ["##gpu-llm-part:preflight", "##gpu-llm:uid", "0", "##gpu-llm-part:systemd", "yes",
-             "##gpu-llm-part:services", "docker|active|enabled", "##gpu-llm-part:docker",
-             '{"Name": "/coder", "Config": {"Labels": {}}, "State": {"Running": true}}', "image vllm/vllm-openai:v0.11.0",
+             "##gpu-llm-part:services", "Id=docker.service", "ActiveState=active", "UnitFileState=enabled", "",
+             "Id=gpu-llm-watchdog.service", "ActiveState=failed", "UnitFileState=", "##gpu-llm-part:docker",
+             "ctr|coder|running|0123abcd|true", "ctr|other|exited||", "image vllm/vllm-openai:v0.11.0",
              "##gpu-llm-part:packages", "ii |docker-ce|5:28.0.1-1~ubuntu.24.04~noble", "rc |docker.io|1",
              "hi |nvidia-driver-570-open|570.172.08-0ubuntu1"]
     state = parse_snapshot(lines)
     assert state.systemd and state.preflight.uid == 0
     assert state.service("docker").active == "active" and state.service("other").active == ""
-    assert [c["Name"] for c in state.containers] == ["/coder"] and state.images == ["vllm/vllm-openai:v0.11.0"]
+    assert state.service("gpu-llm-watchdog.service") == state.service("gpu-llm-watchdog")
+    assert state.service("gpu-llm-watchdog").active == "failed"
+    assert [c["Name"] for c in state.containers] == ["/coder", "/other"] and state.images == ["vllm/vllm-openai:v0.11.0"]
+    assert state.containers[0]["Config"]["Labels"] == {"gpu-llm.spec-hash": "0123abcd", "gpu-llm.managed": "true"}
+    assert state.containers[1]["State"] == {"Running": False, "Status": "exited"}
     assert state.packages == {"docker-ce": ["5:28.0.1-1~ubuntu.24.04~noble"],
                               "nvidia-driver-570-open": ["570.172.08-0ubuntu1"]}
     empty = parse_snapshot([])
@@ -84,11 +89,11 @@ def test_a_part_ending_without_newline_does_not_swallow_the_next_marker(tmp_path
     out = subprocess.run(["sh", "-c", snapshot_command(probe)], capture_output=True, text=True, check=True)
     state = parse_snapshot(out.stdout.splitlines())
     assert state.daemon.error == "" and "nvidia" in state.daemon.data["runtimes"]
-    assert "gpu-llm-test" in state.services
+    assert "services" in split_parts(out.stdout.splitlines())  # the marker after daemon.json's last line
 
 
 def test_container_part_carries_no_environment() -> None:
     """The API key reaches the container through its env file: the snapshot must not read Config.Env back."""
     from gpu_llm.facts.snapshot import CONTAINERS_COMMAND
 
-    assert "inspect --format" in CONTAINERS_COMMAND and "Env" not in CONTAINERS_COMMAND
+    assert "docker ps" in CONTAINERS_COMMAND and "inspect" not in CONTAINERS_COMMAND and "Env" not in CONTAINERS_COMMAND
