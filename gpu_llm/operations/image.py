@@ -85,19 +85,31 @@ def _images_or_none(config: ServeConfig) -> list[str] | None:
         return None
 
 
-@operation()
-def pull_started(config: ServeConfig, p: Pull):  # noqa: ANN201 (op commands)
-    """Start pulling the planned image(s) in the background unless Docker has them or the pull unit already runs."""
+def _pull_state(config: ServeConfig, p: Pull) -> tuple[ImageState, list[str]] | StringCommand | None:
+    """(state, missing images) of the planned images; None when nothing is missing or the GPUs cannot be planned
+    for yet (each said on the host's log); while predicting on a fresh host (no driver yet), a no-op command saying
+    the step will act once the GPUs are readable."""
     images = _images_or_none(config)
     if images is None:
-        if not state.is_executing:
-            yield StringCommand(":", QuoteString("the image is planned from the GPUs once the driver is in"))
-        return
-    current: ImageState = image_state(snapshot.current(host), images, p.unit)
+        return None if state.is_executing else StringCommand(
+            ":", QuoteString("the image is planned from the GPUs once the driver is in"))
+    current = image_state(snapshot.current(host), images, p.unit)
     missing = current.missing(images)
     if not missing:
         host.noop(", ".join(f"image {i} present" for i in images))
-    elif current.running:
+        return None
+    return current, missing
+
+
+@operation()
+def pull_started(config: ServeConfig, p: Pull):  # noqa: ANN201 (op commands)
+    """Start pulling the planned image(s) in the background unless Docker has them or the pull unit already runs."""
+    found = _pull_state(config, p)
+    if not isinstance(found, tuple):
+        yield from [found] if found is not None else []
+        return
+    current, missing = found
+    if current.running:
         host.noop(f"pull of {' '.join(missing)} already running ({p.unit}, log {p.log_file})")
     else:
         yield start_command(p, missing)
@@ -107,16 +119,11 @@ def pull_started(config: ServeConfig, p: Pull):  # noqa: ANN201 (op commands)
 def pull_joined(config: ServeConfig, p: Pull):  # noqa: ANN201
     """Wait for the pull unit and require the planned image(s); a pull a reboot (or failure) stopped is started
     again. Fails naming the images, with the tail of the pull log, when Docker still lacks one."""
-    images = _images_or_none(config)
-    if images is None:
-        if not state.is_executing:
-            yield StringCommand(":", QuoteString("the image is planned from the GPUs once the driver is in"))
+    found = _pull_state(config, p)
+    if not isinstance(found, tuple):
+        yield from [found] if found is not None else []
         return
-    current: ImageState = image_state(snapshot.current(host), images, p.unit)
-    missing = current.missing(images)
-    if not missing:
-        host.noop(", ".join(f"image {i} present" for i in images))
-        return
+    current, missing = found
     if current.running:
         yield join_command(p, missing, restart=start_command(p, missing))
     else:
