@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 from pathlib import Path
-from typing import Any
 
 from pyinfra.api import HiddenValue, deploy
 
@@ -13,7 +12,7 @@ from gpu_llm.layout import template_path, verify_script_path
 from gpu_llm.operations import files as gpu_files
 from gpu_llm.operations import vllm as vllm_ops
 from gpu_llm.plan import ServeConfig
-from gpu_llm.settings import SettingsError, api_key
+from gpu_llm.settings import api_key
 
 TEMPLATES = Path(__file__).resolve().parents[2] / "templates"
 

@@ -9,7 +9,6 @@ from the settings (gpu_llm.layout.probe) and registered with `use()`.
 
 from __future__ import annotations
 
-import json
 import shlex
 from dataclasses import dataclass, field
 from typing import Any

@@ -14,6 +14,7 @@ from pyinfra.api import FileUploadCommand, QuoteString, StringCommand
 from gpu_llm.facts import snapshot
 from gpu_llm.facts.gateway import GatewayCheck
 from gpu_llm.operations import operation
+from gpu_llm.operations.services import service_commands
 from gpu_llm.operations.vllm import fail
 
 from gpu_llm.layout import GATEWAY_VENV_MARKER as MARKER
@@ -81,16 +82,11 @@ def router(unit: str, unit_file: str, content: bytes, venv_changed: Callable[[],
     service = now.service(unit)
     changed = not (current is not None and current.kind == "file"
                    and current.sha256 == hashlib.sha256(content).hexdigest())
-    commands = []
-    if changed:
-        commands += [FileUploadCommand(BytesIO(content), unit_file), StringCommand("chmod", "644", QuoteString(unit_file)),
-                     StringCommand("systemctl", "daemon-reload")]
-    if service.enabled != "enabled":
-        commands.append(StringCommand("systemctl", "enable", QuoteString(unit)))
-    if service.active == "active" and (changed or venv_changed()):
-        commands.append(StringCommand("systemctl", "restart", QuoteString(unit)))
-    elif service.active != "active":
-        commands.append(StringCommand("systemctl", "start", QuoteString(unit)))
+    commands = ([FileUploadCommand(BytesIO(content), unit_file), StringCommand("chmod", "644", QuoteString(unit_file))]
+                if changed else [])
+    commands += service_commands(unit, True, service.active, service.enabled, running=True, is_enabled=True,
+                                 restarted=service.active == "active" and (changed or venv_changed()),
+                                 daemon_reload=changed)
     if not commands:
         host.noop(f"{unit} is active with its current configuration")
         return

@@ -11,14 +11,15 @@ from gpu_llm.operations import operation
 
 
 def service_commands(name: str, systemd: bool, active: str, enabled: str, running: bool, is_enabled: bool,
-                     restarted: bool) -> list[StringCommand]:
-    """Commands taking a service from its (active, enabled) state to the wanted one (pure)."""
+                     restarted: bool, daemon_reload: bool = False) -> list[StringCommand]:
+    """Commands taking a service from its (active, enabled) state to the wanted one (pure); `daemon_reload` first
+    when its unit file was just written."""
     unit = QuoteString(name)
     if not systemd:  # containers, chroots: the init script (sysvinit.service's commands)
         if restarted:
             return [StringCommand("service", unit, "restart")]
         return [StringCommand("service", unit, "start")] if running and active != "active" else []
-    commands = []
+    commands = [StringCommand("systemctl", "daemon-reload")] if daemon_reload else []
     if is_enabled and enabled != "enabled":
         commands.append(StringCommand("systemctl", "enable", unit))
     if restarted:

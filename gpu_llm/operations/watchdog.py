@@ -17,6 +17,7 @@ from pyinfra.api import FileUploadCommand, QuoteString, StringCommand
 from gpu_llm.facts import snapshot
 from gpu_llm.facts.files import FileState
 from gpu_llm.operations import operation
+from gpu_llm.operations.services import service_commands
 from gpu_llm.operations.vllm import NotPlannable, fail, host_plans
 from gpu_llm.plan import InstancePlan, ServeConfig
 
@@ -61,20 +62,6 @@ def file_commands(path: str, content: bytes, mode: int, current: FileState | Non
                                   "chmod", str(mode), QuoteString(path)))
     if not same:
         commands.append(FileUploadCommand(BytesIO(content), path))
-    return commands
-
-
-def service_commands(unit: str, active: str, enabled: str, files_changed: bool, unit_changed: bool) -> list[Any]:
-    """systemd commands for a wanted-running unit (pure)."""
-    commands: list[Any] = []
-    if unit_changed:
-        commands.append(StringCommand("systemctl", "daemon-reload"))
-    if enabled != "enabled":
-        commands.append(StringCommand("systemctl", "enable", QuoteString(unit)))
-    if active == "active" and files_changed:
-        commands.append(StringCommand("systemctl", "restart", QuoteString(unit)))
-    elif active != "active":
-        commands.append(StringCommand("systemctl", "start", QuoteString(unit)))
     return commands
 
 
@@ -135,7 +122,9 @@ def watchdog(config: ServeConfig, enabled: bool, unit: str, unit_file: str, pyth
         if cmds:
             changed.add(path)
         commands += cmds
-    commands += service_commands(unit, service.active, service.enabled, bool(changed), unit_file in changed)
+    commands += service_commands(unit, True, service.active, service.enabled, running=True, is_enabled=True,
+                                 restarted=service.active == "active" and bool(changed),
+                                 daemon_reload=unit_file in changed)
     if not commands:
         host.noop(f"watchdog {unit} is {service.active} and watches "
                   + ", ".join(f"{p.container_name}:{p.port}" for p in plans))

@@ -19,7 +19,6 @@ from typing import Any
 import pytest
 import requests
 
-from gpu_llm.plan import env_file_path
 from gpu_llm.plan import InstancePlan, ServeConfig, plan_instances
 from gpu_llm.plan.container import SPEC_LABEL, container_spec, spec_hash
 from gpu_llm.plan.gpus import PLAN_QUERY_FIELDS, parse_query_csv

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from types import SimpleNamespace
 from typing import Any
 
 from contextlib import ExitStack
@@ -16,7 +15,6 @@ from gpu_llm.defaults import DEFAULTS
 from gpu_llm.facts.container import VllmVerdict, parse_verdict, verify_command
 from gpu_llm.facts.files import FileState, FileStates
 from gpu_llm.facts.gpu import GpuInventory, NvidiaGpus
-from gpu_llm.operations import model as model_ops
 from gpu_llm.operations import vllm as ops
 from gpu_llm.plan import ServeConfig, plan_instances
 from gpu_llm.plan.container import MANAGED_LABEL, SPEC_LABEL, container_spec, spec_hash
