@@ -3,8 +3,10 @@
     sudo .venv/bin/python benchmarks/rerun.py [--reps 5] [--hosts 6] [--out benchmarks/results/rerun.json]
 
 Brings up its own testbed (GPU_LLM_TESTBED_ID), converges the hosts in one pyinfra run, then times, interleaved
-(a, b, c, a, b, c, ...): (a) `exec -- true` on 1 host, (b) a no-op deploy.py on 1 host, (c) the same on all hosts
-in one run. Medians give `b/a` and `c/b`; a -vv run of each counts the remote commands (pyinfra's `>>>` lines).
+(a, b, c, ... per rep): (a) `exec -- true` on 1 host, (b) a no-op deploy.py on 1 host, (c) the same on all hosts
+in one run; beside them (a_all) `exec -- true` on all hosts (how the floor itself scales on this machine) and
+(b_inspect, c_inspect) b and c with pyinfra's own operation-order walk (GPU_LLM_OP_ORDER=inspect). Medians give
+`b/a` and `c/b`; a -vv run of each counts the remote commands (pyinfra's `>>>` lines).
 """
 
 from __future__ import annotations
@@ -30,6 +32,8 @@ from tests.testbed.proc import timed  # noqa: E402
 from tests.testbed.pyinfra_run import PYINFRA, parse_results, write_inventory  # noqa: E402
 from tests.testbed.pyinfra_run import remote_commands as commands_per_host  # noqa: E402
 
+OP_ORDER_ENV = "GPU_LLM_OP_ORDER"  # gpu_llm/op_order.py (not imported: the benchmark runs pyinfra as a subprocess)
+
 TARGETS = {"b/a": 1.8, "c/b": 1.3, "remote_commands_per_noop_host": 4}  # issue 10
 # For scale, measured outside this project and not reproduced here: a `pyinfra exec -- true` floor of 0.60 s, and
 # two widely used Ansible roles (NVIDIA driver + Docker) re-run as a no-op on the same machine in 15.8 s (26x).
@@ -37,11 +41,12 @@ REFERENCE = {"floor_s": 0.60, "ansible_nvidia_driver_plus_docker_noop_s": 15.8, 
 FLOOR_ARGS = ("exec", "--", "true")
 
 
-def pyinfra(inventory: Path, *args: str, verbose: bool = False) -> tuple[float, str]:
+def pyinfra(inventory: Path, *args: str, verbose: bool = False, env: dict[str, str] | None = None) -> tuple[float, str]:
     """Run `pyinfra -y [-vv] INVENTORY ARGS...` from the project root; (seconds, output); raise if it failed."""
     cmd = [str(PYINFRA), "-y", *(["-vv"] if verbose else []), str(inventory), *args]
     t0 = time.monotonic()
-    proc = subprocess.run(cmd, cwd=PROJECT, capture_output=True, text=True, timeout=1800)
+    proc = subprocess.run(cmd, cwd=PROJECT, capture_output=True, text=True, timeout=1800,
+                          env={**os.environ, **(env or {})})
     seconds = time.monotonic() - t0
     out = proc.stdout + proc.stderr
     if proc.returncode != 0:
@@ -49,9 +54,9 @@ def pyinfra(inventory: Path, *args: str, verbose: bool = False) -> tuple[float, 
     return seconds, out
 
 
-def noop_run(inventory: Path, *args: str, verbose: bool = False) -> tuple[float, str]:
+def noop_run(inventory: Path, *args: str, verbose: bool = False, env: dict[str, str] | None = None) -> tuple[float, str]:
     """A deploy.py run that must change nothing (the benchmark measures re-runs of converged hosts)."""
-    seconds, out = pyinfra(inventory, "deploy.py", *args, verbose=verbose)
+    seconds, out = pyinfra(inventory, "deploy.py", *args, verbose=verbose, env=env)
     ops, changed, errors = parse_results(out)
     if changed or errors or not ops:
         raise RuntimeError(f"not a no-op run ({changed} changed, {errors} errors, {len(ops)} ops):\n{out[-4000:]}")
@@ -79,8 +84,12 @@ def prepare_hosts(tb: Testbed, hosts: list[Host], workdir: Path) -> tuple[Path, 
 
 def measure(one: Path, every: Path, n_hosts: int, reps: int) -> dict:
     """Interleaved timings (a, b, c) x reps, medians, ratios and remote command counts."""
+    inspect = {OP_ORDER_ENV: "inspect"}  # pyinfra's own operation-order walk (gpu_llm/op_order.py off)
     runs = {"a": lambda **kw: pyinfra(one, *FLOOR_ARGS, **kw), "b": lambda **kw: noop_run(one, **kw),
-            "c": lambda **kw: noop_run(every, **kw)}
+            "c": lambda **kw: noop_run(every, **kw),
+            "a_all": lambda **kw: pyinfra(every, *FLOOR_ARGS, **kw),
+            "b_inspect": lambda **kw: noop_run(one, env=inspect, **kw),
+            "c_inspect": lambda **kw: noop_run(every, env=inspect, **kw)}
     noop_run(every)  # warm-up, and proof that the converged hosts re-run as a no-op before anything is timed
     times: dict[str, list[float]] = {k: [] for k in runs}
     for i in range(reps):
@@ -92,9 +101,15 @@ def measure(one: Path, every: Path, n_hosts: int, reps: int) -> dict:
     return {
         "hosts": n_hosts, "reps": reps,
         "what": {"a": "pyinfra INVENTORY exec -- true (1 host)", "b": "no-op deploy.py re-run, 1 converged host",
-                 "c": f"no-op deploy.py re-run, {n_hosts} converged hosts in one pyinfra run"},
+                 "c": f"no-op deploy.py re-run, {n_hosts} converged hosts in one pyinfra run",
+                 "a_all": f"pyinfra INVENTORY exec -- true ({n_hosts} hosts): the floor's own scaling",
+                 "b_inspect": f"b with {OP_ORDER_ENV}=inspect (pyinfra's inspect.stack() operation order)",
+                 "c_inspect": f"c with {OP_ORDER_ENV}=inspect"},
         "median_s": medians, "times_s": times,
-        "ratios": {"b/a": round(medians["b"] / medians["a"], 2), "c/b": round(medians["c"] / medians["b"], 2)},
+        "ratios": {"b/a": round(medians["b"] / medians["a"], 2), "c/b": round(medians["c"] / medians["b"], 2),
+                   "a_all/a": round(medians["a_all"] / medians["a"], 2),
+                   "b_inspect/b": round(medians["b_inspect"] / medians["b"], 2),
+                   "c_inspect/c": round(medians["c_inspect"] / medians["c"], 2)},
         "targets": TARGETS, "reference": REFERENCE,
         "remote_commands": {k: {f: v for f, v in c.items() if f != "first_host"} for k, c in commands.items()},
         "remote_commands_b": commands["b"]["first_host"],

@@ -14,6 +14,7 @@ Our own code because pyinfra has no switch for it; `install()` swaps it in only 
 from __future__ import annotations
 
 import importlib
+import os
 import sys
 from itertools import islice
 from types import FrameType
@@ -63,7 +64,12 @@ def _called_from_pyinfra(state: Any) -> list[int]:
     return order_from_stack(state, sys._getframe(1))
 
 
+OFF_ENV = "GPU_LLM_OP_ORDER"  # =inspect keeps pyinfra's own walk (benchmarks/rerun.py times both side by side)
+
+
 def install() -> None:
     """Make pyinfra's operation module use order_from_stack (once; not if someone else replaced pyinfra's)."""
+    if os.environ.get(OFF_ENV) == "inspect":
+        return
     if getattr(pyinfra_operation, "get_operation_order_from_stack", None) is _ORIGINAL:
         pyinfra_operation.get_operation_order_from_stack = _called_from_pyinfra

@@ -35,8 +35,12 @@ def test_rerun_benchmark_writes_sane_numbers(testbed: Testbed, tmp_path: Path,
     assert cmds["a"]["total"] == 1 and len(saved["remote_commands_b"]) == cmds["b"]["total"]
     assert cmds["b"]["hosts"] == 1 and cmds["c"]["hosts"] == HOSTS
     assert cmds["c"]["per_host_max"] == cmds["b"]["total"]
+    assert cmds["b_inspect"]["total"] == cmds["b"]["total"] and cmds["a_all"]["hosts"] == HOSTS
     assert cmds["b"]["total"] <= 4, saved["remote_commands_b"]
     with capsys.disabled():  # into CI's log even under -q
         print(f"\nrerun benchmark ({HOSTS} hosts, {REPS} reps, medians a {med['a']:.2f} s, b {med['b']:.2f} s, "
               f"c {med['c']:.2f} s; {cmds['b']['total']} remote commands per no-op host):\n"
-              f"b/a = {saved['ratios']['b/a']:.2f}\nc/b = {saved['ratios']['c/b']:.2f}", flush=True)
+              f"b/a = {saved['ratios']['b/a']:.2f}\nc/b = {saved['ratios']['c/b']:.2f}\n"
+              f"a_all/a = {saved['ratios']['a_all/a']:.2f} (the floor on {HOSTS} hosts vs 1)\n"
+              f"b_inspect/b = {saved['ratios']['b_inspect/b']:.2f}, c_inspect/c = {saved['ratios']['c_inspect/c']:.2f} "
+              "(pyinfra's own operation-order walk vs gpu_llm/op_order.py)", flush=True)
