@@ -15,6 +15,7 @@ import argparse
 import json
 import os
 import platform
+import resource
 import statistics
 import subprocess
 import sys
@@ -63,6 +64,29 @@ def noop_run(inventory: Path, *args: str, verbose: bool = False, env: dict[str, 
     return seconds, out
 
 
+def guest_cpu_s(hosts: list[Host]) -> float | None:
+    """CPU seconds the testbed hosts have used (their cgroups' cpuacct.usage, or cpu.stat on cgroup v2); None if
+    unreadable. The hosts share this machine's cores with the controller: a no-op run's cost on them is part of c."""
+    total = 0.0
+    for h in hosts:
+        v1 = Path("/sys/fs/cgroup/cpuacct") / h.cgroup / "cpuacct.usage"
+        v2 = Path("/sys/fs/cgroup") / h.cgroup / "cpu.stat"
+        try:
+            if v1.exists():
+                total += int(v1.read_text()) / 1e9
+            else:
+                total += int(dict(line.split() for line in v2.read_text().splitlines())["usage_usec"]) / 1e6
+        except (OSError, KeyError, ValueError):
+            return None
+    return total
+
+
+def controller_cpu_s() -> float:
+    """CPU seconds of this process's finished children (the pyinfra runs)."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
 def remote_commands(output: str) -> dict:
     """Commands pyinfra ran on the hosts (facts and operations), counted from -vv output."""
     per_host = commands_per_host(output)
@@ -82,8 +106,8 @@ def prepare_hosts(tb: Testbed, hosts: list[Host], workdir: Path) -> tuple[Path, 
     return one, every
 
 
-def measure(one: Path, every: Path, n_hosts: int, reps: int) -> dict:
-    """Interleaved timings (a, b, c) x reps, medians, ratios and remote command counts."""
+def measure(one: Path, every: Path, n_hosts: int, reps: int, hosts: list[Host] | None = None) -> dict:
+    """Interleaved timings (a, b, c) x reps, medians, ratios, CPU used and remote command counts."""
     inspect = {OP_ORDER_ENV: "inspect"}  # pyinfra's own operation-order walk (gpu_llm/op_order.py off)
     runs = {"a": lambda **kw: pyinfra(one, *FLOOR_ARGS, **kw), "b": lambda **kw: noop_run(one, **kw),
             "c": lambda **kw: noop_run(every, **kw),
@@ -92,11 +116,21 @@ def measure(one: Path, every: Path, n_hosts: int, reps: int) -> dict:
             "c_inspect": lambda **kw: noop_run(every, env=inspect, **kw)}
     noop_run(every)  # warm-up, and proof that the converged hosts re-run as a no-op before anything is timed
     times: dict[str, list[float]] = {k: [] for k in runs}
+    cpu: dict[str, dict[str, list[float]]] = {k: {"controller": [], "hosts": []} for k in runs}
     for i in range(reps):
         for key, fn in runs.items():
+            c0, g0 = controller_cpu_s(), guest_cpu_s(hosts or [])
             times[key].append(round(fn()[0], 3))
+            c1, g1 = controller_cpu_s(), guest_cpu_s(hosts or [])
+            cpu[key]["controller"].append(round(c1 - c0, 3))
+            if g0 is not None and g1 is not None:
+                cpu[key]["hosts"].append(round(g1 - g0, 3))
         print(f"rep {i + 1}/{reps}: " + "  ".join(f"{k}={v[-1]:.2f}s" for k, v in times.items()), flush=True)
     medians = {k: round(statistics.median(v), 3) for k, v in times.items()}
+    cpu_median = {k: {w: round(statistics.median(v), 3) if v else None for w, v in c.items()} for k, c in cpu.items()}
+    cores = os.cpu_count() or 1
+    # every CPU second of (c) on this machine's cores: a lower bound of its wall time however well it overlaps
+    c_cpu = cpu_median["c"]["controller"] + (cpu_median["c"]["hosts"] or 0)
     commands = {k: remote_commands(fn(verbose=True)[1]) for k, fn in runs.items()}
     return {
         "hosts": n_hosts, "reps": reps,
@@ -106,6 +140,10 @@ def measure(one: Path, every: Path, n_hosts: int, reps: int) -> dict:
                  "b_inspect": f"b with {OP_ORDER_ENV}=inspect (pyinfra's inspect.stack() operation order)",
                  "c_inspect": f"c with {OP_ORDER_ENV}=inspect"},
         "median_s": medians, "times_s": times,
+        "cpu_s": {"median": cpu_median, "what": "CPU seconds per run: the pyinfra process (controller) and the testbed "
+                                                "hosts' cgroups (hosts), which share this machine's cores"},
+        "cpu_bound": {"c_cpu_s": round(c_cpu, 3), "cores": cores, "c_min_s": round(c_cpu / cores, 3),
+                      "c_min/b": round(c_cpu / cores / medians["b"], 2)},
         "ratios": {"b/a": round(medians["b"] / medians["a"], 2), "c/b": round(medians["c"] / medians["b"], 2),
                    "a_all/a": round(medians["a_all"] / medians["a"], 2),
                    "b_inspect/b": round(medians["b_inspect"] / medians["b"], 2),
@@ -127,6 +165,11 @@ def report(result: dict, out: Path) -> None:
               f"({cmds[key]['per_host_max']}/host)  {what}")
     for ratio, value in result["ratios"].items():
         print(f"{ratio} = {value:.2f}")
+    cpu, bound = result["cpu_s"]["median"], result["cpu_bound"]
+    for key in ("b", "c"):
+        print(f"CPU {key}: controller {cpu[key]['controller']:.2f}s, hosts {cpu[key]['hosts'] or 0:.2f}s")
+    print(f"c's CPU {bound['c_cpu_s']:.2f}s on {bound['cores']} cores: c >= {bound['c_min_s']:.2f}s, "
+          f"c_min/b = {bound['c_min/b']:.2f}")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=1) + "\n")
     print(f"wrote {out}")
@@ -137,7 +180,7 @@ def run(tb: Testbed, hosts: list[Host], reps: int, out: Path) -> dict:
     with tempfile.TemporaryDirectory(prefix="gpu-llm-rerun-") as tmp:
         one, every = prepare_hosts(tb, hosts, Path(tmp))
         with timed(f"benchmark {reps} reps x (a, b, c)"):
-            result = measure(one, every, len(hosts), reps)
+            result = measure(one, every, len(hosts), reps, hosts)
     report(result, out)
     return result
 
