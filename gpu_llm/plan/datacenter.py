@@ -161,28 +161,29 @@ def _other_branch(depends: str, branch: str) -> str | None:
     return None
 
 
-def choose_ubuntu_versions(stanzas: Sequence[Stanza], driver: str, version: str, branch: str) -> tuple[str | None, str]:
-    """The archive version of `driver` that IS driver `version` (pure): (package version, "") or (None, why not).
+def choose_version(stanzas: Sequence[Stanza], package: str, version: str, branch: str,
+                   where: str) -> tuple[str | None, str]:
+    """The apt version of `package` that IS driver release `version` (pure): (package version, "") or (None, why).
 
-    Ubuntu turned several 570 packages into transitional ones that pull 580 (packages.ubuntu.com: e.g.
-    libnvidia-extra-570 570.172.08-0ubuntu3 depends on libnvidia-extra-580): a version of ours whose dependencies
-    name another branch is not the 570 driver, and is refused with what it would install."""
-    mine = [s for s in stanzas if s.package == driver]
+    `where` names the source for messages ("Ubuntu's archive"). Ubuntu turned several 570 packages into transitional
+    ones that pull 580 (packages.ubuntu.com: e.g. libnvidia-extra-570 570.172.08-0ubuntu3 depends on
+    libnvidia-extra-580, nvidia-fabricmanager-dev-570 570.211.01-0ubuntu1.24.04.1 on nvidia-fabricmanager-dev-580):
+    a version whose dependencies name another branch is not the 570 driver; it is refused with what it would install."""
+    mine = [s for s in stanzas if s.package == package]
     if not mine:
-        return None, f"{driver} is not in this host's apt lists (Ubuntu's restricted component of noble/noble-updates)"
+        return None, f"{package} is not in this host's apt lists ({where})"
     exact = [s for s in mine if s.version.split(":")[-1].startswith(version + "-")]
     offered = ", ".join(sorted({s.version for s in mine}))
     if not exact:
-        return None, (f"Ubuntu's archive has no {driver} at driver {version} (it offers {offered}); set "
-                      "nvidia_driver_version to one of those, or nvidia_driver_source: nvidia")
+        return None, (f"{where} has no {package} at driver {version} (it offers {offered}); it must match the driver "
+                      "exactly: set nvidia_driver_version to one of those")
     for s in exact:
-        other = _other_branch(s.depends, branch)
-        if other is None:
+        if _other_branch(s.depends, branch) is None:
             return s.version, ""
     pulled = _other_branch(exact[0].depends, branch)
-    return None, (f"Ubuntu's {driver} {exact[0].version} is a transitional package that installs {pulled}, not "
-                  f"driver {version}: the ubuntu source cannot hold branch {branch}; use nvidia_driver_source: nvidia "
-                  "(with Secure Boot off) or a branch Ubuntu still ships")
+    return None, (f"{where}'s {package} {exact[0].version} is a transitional package that installs {pulled}, not "
+                  f"driver {version}: this source cannot hold branch {branch} exactly; set nvidia_driver_source: "
+                  "nvidia (with Secure Boot off) or an nvidia_driver_branch/nvidia_driver_version it still ships")
 
 
 def installed_modules(packages: Mapping[str, object], modules_kernel: str) -> bool:
