@@ -392,7 +392,7 @@ def fabric_manager(branch: str, version: str):
             args.append(f"{name}={chosen}")
         other = [f"{p} {installed[p].version}" for p in missing if p in installed]
         if other:
-            host.log(f"fabric manager {', '.join(other)} does not match driver {version}: replaced")
+            warn(host, f"fabric manager {', '.join(other)} does not match driver {version}: replacing it")
         yield StringCommand(packages.apt_get("install"), "--no-install-recommends", "--allow-downgrades",
                             "--allow-change-held-packages", *args)
         installed = snapshot.fresh(host).driver.packages
