@@ -151,7 +151,10 @@ def ubuntu_install(branch: str, version: str, open_modules: bool, kernel: str) -
     if not any(st.package == want.modules_kernel for st in stanzas):
         return [], (f"{want.modules_kernel} (Canonical's signed modules for the running kernel {kernel}) is not in "
                     "apt; boot a kernel Ubuntu ships them for, or set nvidia_driver_source: nvidia"), known
-    return [f"{want.driver}={chosen}", want.modules_flavour, want.modules_kernel], "", known
+    modules, why = datacenter.choose_modules(stanzas, want.modules_kernel, version)
+    if modules is None:
+        return [], why, known
+    return [f"{want.driver}={chosen}", want.modules_flavour, f"{want.modules_kernel}={modules}"], "", known
 
 
 def secure_boot_check(decision: DriverDecision, source: str) -> str | None:

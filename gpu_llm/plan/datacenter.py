@@ -186,6 +186,26 @@ def choose_version(stanzas: Sequence[Stanza], package: str, version: str, branch
                   "nvidia (with Secure Boot off) or an nvidia_driver_branch/nvidia_driver_version it still ships")
 
 
+def choose_modules(stanzas: Sequence[Stanza], package: str, version: str) -> tuple[str | None, str]:
+    """The version of Canonical's signed modules package for the running kernel that was built for driver `version`
+    (pure). Each build depends on nvidia-kernel-common-<branch>-server (>= the driver it was built from), as
+    packages.ubuntu.com shows for linux-modules-nvidia-595-server-open-generic-7.0 (>= 595.71.05); a module of another
+    release than the user-space driver fails with a version mismatch, so one built from `version` is required."""
+    mine = [s for s in stanzas if s.package == package]
+    if not mine:
+        return None, f"{package} is not in apt"
+    built: list[str] = []
+    for s in mine:
+        m = re.search(r"nvidia-kernel-common-\d+(?:-server)? \((?:>=|=) ([^)\s]+)\)", s.depends)
+        if m:
+            built.append(m.group(1))
+            if m.group(1).startswith(version):
+                return s.version, ""
+    return None, (f"Canonical's signed modules for this kernel ({package}) are built for driver "
+                  f"{', '.join(sorted(set(built))) or 'unknown'}, not {version}: set nvidia_driver_version to that "
+                  "release, or nvidia_driver_source: nvidia with Secure Boot off")
+
+
 def installed_modules(packages: Mapping[str, object], modules_kernel: str) -> bool:
     """Are the signed modules for the running kernel installed (name in dpkg's installed packages)?"""
     return modules_kernel in packages

@@ -28,7 +28,9 @@ UBUNTU_SHOW = [
     "Package: nvidia-driver-570-server-open", f"Version: {V}-0ubuntu0.24.04.1",
     f"Depends: nvidia-utils-570-server (= {V}-0ubuntu0.24.04.1)", "",
     f"Package: linux-modules-nvidia-570-server-open-{KERNEL}", "Version: 6.8.0-60.63+1",
-    f"Depends: nvidia-kernel-common-570-server (>= {V})", ""]
+    f"Depends: nvidia-kernel-common-570-server (>= {V})", "",
+    f"Package: linux-modules-nvidia-570-server-open-{KERNEL}", "Version: 6.8.0-60.63+2",
+    "Depends: nvidia-kernel-common-570-server (>= 570.195.03)", ""]
 TRANSITIONAL_SHOW = ["Package: nvidia-driver-570-server-open", f"Version: {V}-0ubuntu3",
                      "Depends: nvidia-driver-580-server-open", ""]
 
@@ -64,7 +66,7 @@ def test_ubuntu_source_installs_signed_modules_for_the_kernel_and_its_flavour_th
     r = run(nvidia.driver, facts, **ubuntu())
     assert r.commands == [
         f"{APT} nvidia-driver-570-server-open={V}-0ubuntu0.24.04.1 linux-modules-nvidia-570-server-open-generic "
-        f"linux-modules-nvidia-570-server-open-{KERNEL}",
+        f"linux-modules-nvidia-570-server-open-{KERNEL}=6.8.0-60.63+1",
         "apt-mark hold libnvidia-compute-570-server nvidia-driver-570-server-open"]
     assert not any("linux-headers" in c for c in r.commands)  # no DKMS build
 
@@ -195,3 +197,10 @@ def test_fabric_wait_script_passes_on_completed_and_fails_with_the_log(tmp_path:
                           capture_output=True, text=True, timeout=30)
     assert dead.returncode == 1 and "fm: driver version mismatch" in dead.stderr
     assert f"nvidia_driver_version={V}" in dead.stderr
+
+
+def test_ubuntu_source_refuses_modules_built_for_another_release():
+    show = [*UBUNTU_SHOW[:4], *UBUNTU_SHOW[8:]]  # only the module build of 570.195.03
+    facts = {"LinuxDistribution": NOBLE, "Preflight": SB, "NvidiaDriver": FRESH, "AptShow": show}
+    r = run(nvidia.driver, facts, **ubuntu())
+    assert len(r.commands) == 1 and "built for driver 570.195.03, not 570.172.08" in r.commands[0], r.commands
