@@ -14,7 +14,15 @@ from __future__ import annotations
 
 import os
 
-from .repos import DEBS_SRC, DKMS_POSTRM, MODULE_UNIT, PERSISTENCED, PERSISTENCED_UNIT, Deb, _virtual
+from .repos import (
+    DEBS_SRC,
+    DKMS_POSTRM,
+    MODULE_UNIT,
+    PERSISTENCED,
+    PERSISTENCED_UNIT,
+    Deb,
+    _virtual,
+)
 
 COMPONENT = "restricted"
 # 570-server releases the stand-in archive offers (Ubuntu's noble-updates version scheme)
