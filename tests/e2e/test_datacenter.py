@@ -133,3 +133,17 @@ def test_secure_boot_host_refused_with_nvidia_source_then_converges_with_ubuntu(
     again = deploy([host], data)
     assert again.rc == 0 and again.changed == 0, again.changed_ops
     print(f"[time] datacenter: Secure Boot host, ubuntu source, 3 runs: {time.monotonic() - t0:.1f}s", flush=True)
+
+
+def test_secure_boot_testbed_host_rejects_nvidias_unsigned_dkms_module(testbed: Testbed) -> None:
+    """The stand-in behaves as a Secure Boot host: NVIDIA's DKMS driver installed by hand does not load after the
+    reboot (what the preflight refusal above prevents)."""
+    host = testbed.add_host("h100-x1", secure_boot=True)
+    cuda = "https://developer.download.nvidia.com/compute/cuda/repos/ubuntu2404/x86_64"
+    _sh(host, f"curl -fsSLo /tmp/k.deb {cuda}/cuda-keyring_1.1-1_all.deb && dpkg -i /tmp/k.deb && apt-get update -q "
+              f"&& DEBIAN_FRONTEND=noninteractive apt-get install -y -q nvidia-driver-570-open={DRIVER}-0ubuntu1")
+    host.reboot()
+    smi = host.ssh("nvidia-smi")
+    assert smi.returncode == 9 and "couldn't communicate with the NVIDIA driver" in smi.stdout, smi.stdout
+    journal = _sh(host, "journalctl -b -u gpu-llm-testbed-nvidia-module --no-pager")
+    assert "Key was rejected by service" in journal, journal
