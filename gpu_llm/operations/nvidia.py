@@ -414,7 +414,9 @@ def _service(name: str, what: str):
         warn(host, f"{name}.service is not installed: {what} cannot be turned on")
         host.noop(f"{name} is not installed")
         return
-    commands = services.service_commands(name, now.systemd, unit.active, unit.enabled, True, True, False)
+    # a unit without an [Install] section (static, or pulled in by another: indirect) is not enabled by hand
+    enable = unit.enabled not in ("static", "indirect", "generated")
+    commands = services.service_commands(name, now.systemd, unit.active, unit.enabled, True, enable, False)
     if not commands:
         host.noop(f"{name} is {unit.active} and {unit.enabled}")
     yield from commands
