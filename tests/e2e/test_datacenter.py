@@ -13,7 +13,7 @@ import pytest
 
 from tests.e2e.conftest import base_data, prepared_host
 from tests.testbed.harness import Host, Testbed
-from tests.testbed.pyinfra_run import DeployResult, run_deploy, write_inventory
+from tests.testbed.pyinfra_run import DeployResult, remote_commands, run_deploy, write_inventory
 
 pytestmark = pytest.mark.e2e
 
@@ -52,7 +52,7 @@ def hgx(testbed: Testbed, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
     host, data = prepared_host(testbed, "hgx-h100-x8")
     inv = write_inventory(tmp_path_factory.mktemp("hgx") / "inventory.py", [host], data, base_data(testbed))
     first = run_deploy(inv, "deploy.py")
-    second = run_deploy(inv, "deploy.py", "-v")
+    second = run_deploy(inv, "deploy.py", "-vv")
     print(f"[time] datacenter: HGX host converged + re-run: {time.monotonic() - t0:.1f}s", flush=True)
     yield Hgx(host, data, first, second)
 
@@ -78,6 +78,9 @@ def test_hgx_second_run_changes_nothing(hgx: Hgx) -> None:
     assert second.rc == 0 and second.changed == 0, (second.changed_ops, second.output[-3000:])
     assert "fabric completed on all 8 GPUs" in second.output
     assert f"{FM} {DRIVER}-1 is installed and held" in second.output
+    # the fabric state comes from the one snapshot command: no extra remote command on a no-op run
+    commands = remote_commands(second.output)[hgx.host.ip]
+    assert len(commands) <= 4, commands
 
 
 def test_stopped_fabric_manager_breaks_cuda_and_is_repaired(hgx: Hgx, deploy: Callable[..., DeployResult]) -> None:
