@@ -296,7 +296,11 @@ def driver(branch: str, version: str, open_modules: bool = True, replace: bool =
     elif source == "ubuntu" and decision.kind == "ok":
         modules = datacenter.ubuntu_driver(branch, open_modules, state.kernel).modules_kernel
         if modules not in snapshot.current(host).packages:  # a kernel without our modules (booted another one)
-            yield StringCommand(packages.apt_get("install"), "--no-install-recommends", modules)
+            chosen, why = datacenter.choose_modules(host.get_fact(AptShow, packages=(modules,)), modules, version)
+            if chosen is None:
+                yield refuse(f"the running kernel {state.kernel} has no signed NVIDIA modules installed: {why}")
+                return
+            yield StringCommand(packages.apt_get("install"), "--no-install-recommends", f"{modules}={chosen}")
             state = snapshot.fresh(host).driver
     to_hold = holds_missing(state, spec)
     if to_hold:

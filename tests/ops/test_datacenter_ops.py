@@ -88,8 +88,13 @@ def test_ubuntu_source_check_waits_for_lists_on_a_fresh_host():
 def test_ubuntu_source_reinstalls_modules_missing_for_the_running_kernel():
     pkgs = {"nvidia-driver-570-server-open": Package("nvidia-driver-570-server-open", f"{V}-0ubuntu0.24.04.1", True)}
     state = DriverState(packages=pkgs, smi="no-driver", kernel="6.8.0-62-generic")
-    r = run(nvidia.driver, {"LinuxDistribution": NOBLE, "NvidiaDriver": state, "DebPackages": {}}, **ubuntu())
-    assert r.commands == [f"{APT} linux-modules-nvidia-570-server-open-6.8.0-62-generic"]
+    show = ["Package: linux-modules-nvidia-570-server-open-6.8.0-62-generic", "Version: 6.8.0-62.65+1",
+            f"Depends: nvidia-kernel-common-570-server (>= {V}-0ubuntu0.24.04.1)", ""]
+    facts = {"LinuxDistribution": NOBLE, "NvidiaDriver": state, "DebPackages": {}, "AptShow": show}
+    r = run(nvidia.driver, facts, **ubuntu())
+    assert r.commands == [f"{APT} linux-modules-nvidia-570-server-open-6.8.0-62-generic=6.8.0-62.65+1"]
+    r = run(nvidia.driver, {**facts, "AptShow": []}, **ubuntu())
+    assert len(r.commands) == 1 and "has no signed NVIDIA modules installed" in r.commands[0]
 
 
 # ---- fabric manager ---------------------------------------------------------------------------------------------
