@@ -209,3 +209,14 @@ def test_ubuntu_source_refuses_modules_built_for_another_release():
     facts = {"LinuxDistribution": NOBLE, "Preflight": SB, "NvidiaDriver": FRESH, "AptShow": show}
     r = run(nvidia.driver, facts, **ubuntu())
     assert len(r.commands) == 1 and "built for driver 570.195.03, not 570.172.08" in r.commands[0], r.commands
+
+
+def test_preflight_says_it_saw_the_nvswitches_and_secure_boot():
+    from gpu_llm.facts.gpu import parse_pci
+    from gpu_llm.operations import preflight
+
+    info = HostPreflight(os_id="ubuntu-24.04", arch="x86_64", uid=0, mount="/", free_kib=64 * 1024 * 1024,
+                         pci_gpus=parse_pci(["/sys/bus/pci/devices/0000:18:00.0 0x2330 0x030200"]),
+                         nvswitches=SWITCHES, secure_boot=True)
+    r = run(preflight.check, {"Preflight": info}, supported_os=["ubuntu-24.04"], required_gib=44)
+    assert r.commands == [] and r.noops[0].endswith("1 NVIDIA GPU(s) on PCI, 4 NVSwitch(es), Secure Boot on")
