@@ -77,6 +77,11 @@ class Host:
     def gpus(self) -> list[dict]:
         return gpu_fixtures.FIXTURES[self.fixture]
 
+    @property
+    def nvswitches(self) -> list[dict]:
+        """The fixture's NVSwitches on the fake PCI bus (gpus.NVSWITCHES; none for most fixtures)."""
+        return gpu_fixtures.NVSWITCHES.get(self.fixture, [])
+
     def ssh_args(self) -> list[str]:
         return ["ssh", "-i", str(self.key), "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null",
                 "-o", "LogLevel=ERROR", "-o", "BatchMode=yes", "-o", "ConnectTimeout=20", f"root@{self.ip}"]
@@ -247,7 +252,7 @@ class Testbed:
         ssh_dir = r / "root/.ssh"
         ssh_dir.mkdir(mode=0o700, exist_ok=True)
         shutil.copy(keys / "id_ed25519.pub", ssh_dir / "authorized_keys")
-        switches = gpu_fixtures.NVSWITCHES.get(host.fixture, [])
+        switches = host.nvswitches
         gpu_fixtures.write_gpus_json(host.gpus, r / "etc/gpu-llm-testbed/gpus.json")
         gpu_fixtures.write_gpus_json(switches, r / "etc/gpu-llm-testbed/nvswitches.json")
         gpu_fixtures.install_pci_view(host.gpus + switches, r)
