@@ -144,7 +144,9 @@ def test_secure_boot_testbed_host_rejects_nvidias_unsigned_dkms_module(testbed: 
     host = testbed.add_host("h100-x1", secure_boot=True)
     cuda = "https://developer.download.nvidia.com/compute/cuda/repos/ubuntu2404/x86_64"
     _sh(host, f"curl -fsSLo /tmp/k.deb {cuda}/cuda-keyring_1.1-1_all.deb && dpkg -i /tmp/k.deb && apt-get update -q "
-              f"&& DEBIAN_FRONTEND=noninteractive apt-get install -y -q nvidia-driver-570-open={DRIVER}-0ubuntu1")
+              "&& DEBIAN_FRONTEND=noninteractive apt-get install -y -q " + " ".join(
+                  f"{p}={DRIVER}-0ubuntu1" for p in ("nvidia-driver-570-open", "nvidia-utils-570",
+                                                     "nvidia-dkms-570-open", "nvidia-compute-utils-570")))
     host.reboot()
     smi = host.ssh("nvidia-smi")
     assert smi.returncode == 9 and "couldn't communicate with the NVIDIA driver" in smi.stdout, smi.stdout
