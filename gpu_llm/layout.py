@@ -36,6 +36,10 @@ WATCHDOG_STATE = f"{STATE_DIR}/watchdog-state.json"
 GATEWAY_UNIT = "gpu-llm-gateway.service"
 GATEWAY_UNIT_FILE = f"/etc/systemd/system/{GATEWAY_UNIT}"
 GATEWAY_VENV_MARKER = ".gpu-llm-installed"
+# with HTTPS (gateway_tls_cert/key): HAProxy from Ubuntu's archive terminates TLS in front of vllm-router
+GATEWAY_TLS_UNIT = "gpu-llm-gateway-tls.service"
+GATEWAY_TLS_UNIT_FILE = f"/etc/systemd/system/{GATEWAY_TLS_UNIT}"
+GATEWAY_TLS_PACKAGE = "haproxy"
 # apt sources (files under /etc/apt/sources.list.d/, without .list)
 DOCKER_SOURCE = "docker"
 NVCT_SOURCE = "nvidia-container-toolkit"
@@ -45,7 +49,7 @@ CUDA_REPO_DIRS = {"ubuntu-24.04": "ubuntu2404", "ubuntu-22.04": "ubuntu2204", "d
 DOCKER_CE_PACKAGES = ("docker-ce", "docker-ce-cli", "containerd.io")
 NVCT_PACKAGES = ("nvidia-container-toolkit", "nvidia-container-toolkit-base", "libnvidia-container-tools",
                  "libnvidia-container1")  # pinned together, as NVIDIA's install guide does
-OTHER_PACKAGES = ("python3-venv", "docker.io", "cuda-keyring")
+OTHER_PACKAGES = ("python3-venv", "docker.io", "cuda-keyring", GATEWAY_TLS_PACKAGE)
 # Canonical's signed precompiled NVIDIA modules (nvidia_driver_source: ubuntu): versioned by kernel, not by driver
 UBUNTU_MODULES_PATTERN = "linux-modules-nvidia-*"
 
@@ -103,6 +107,15 @@ def gateway_auth_path(s: _Settings) -> str:
     return f"{s.vllm_config_dir}/gateway-auth.header"
 
 
+def gateway_tls_config_path(s: _Settings) -> str:
+    return f"{s.vllm_config_dir}/gateway-tls.cfg"
+
+
+def gateway_tls_pem_path(s: _Settings) -> str:
+    """0600 file on a gateway host: the certificate chain then its private key (HAProxy's `crt`)."""
+    return f"{s.vllm_config_dir}/gateway-tls.pem"
+
+
 def template_path(s: _Settings) -> str:
     """Where the chat template lands on the host (the planner mounts it from there)."""
     return template_host_path(s.vllm_config_dir, s.vllm_chat_template)
@@ -121,6 +134,7 @@ def probe(s: _Settings) -> Probe:
         template_path(s), *(env_file_path(s.vllm_config_dir, n) for n in instance_names(s)),
         watchdog_script_path(s), watchdog_config_path(s), WATCHDOG_UNIT_FILE,
         GATEWAY_UNIT_FILE, gateway_auth_path(s), f"{s.gateway_venv}/{GATEWAY_VENV_MARKER}",
+        GATEWAY_TLS_UNIT_FILE, gateway_tls_config_path(s), gateway_tls_pem_path(s),
     )
     sources = (DOCKER_SOURCE, NVCT_SOURCE, *(cuda_source(d) for d in CUDA_REPO_DIRS.values()))
     packages = (*OTHER_PACKAGES, *DOCKER_CE_PACKAGES, *NVCT_PACKAGES, cuda_toolkit_package(s.cuda_toolkit_version),
@@ -128,5 +142,5 @@ def probe(s: _Settings) -> Probe:
     return Probe(model_dir=s.model_dir, download_unit=DOWNLOAD_UNIT, hf_venv=s.hf_venv,
                  paths=tuple(dict.fromkeys(paths)), packages=packages,
                  sources=tuple(source_file(name) for name in sources),
-                 services=(DOCKER_SERVICE, IMAGE_PULL_UNIT, WATCHDOG_UNIT, GATEWAY_UNIT, FABRIC_SERVICE,
-                           PERSISTENCED_SERVICE))
+                 services=(DOCKER_SERVICE, IMAGE_PULL_UNIT, WATCHDOG_UNIT, GATEWAY_UNIT, GATEWAY_TLS_UNIT,
+                           FABRIC_SERVICE, PERSISTENCED_SERVICE))
