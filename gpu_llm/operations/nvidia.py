@@ -293,8 +293,8 @@ def driver(branch: str, version: str, open_modules: bool = True, replace: bool =
                            "running kernel; boot a distro kernel")
             yield _install_command(state, spec, replacing=decision.kind == "replace")
         state = snapshot.fresh(host).driver  # read after the install ran (execution time)
-    elif source == "ubuntu" and decision.kind == "ok":
-        modules = datacenter.ubuntu_driver(branch, open_modules, state.kernel).modules_kernel
+    elif source == "ubuntu" and decision.kind == "ok" and state.kernel:
+        modules = f"linux-modules-nvidia-{branch}-server{'-open' if open_modules else ''}-{state.kernel}"
         if modules not in snapshot.current(host).packages:  # a kernel without our modules (booted another one)
             chosen, why = datacenter.choose_modules(host.get_fact(AptShow, packages=(modules,)), modules, version)
             if chosen is None:
