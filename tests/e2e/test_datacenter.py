@@ -121,7 +121,15 @@ def test_secure_boot_host_refused_with_nvidia_source_then_converges_with_ubuntu(
     assert _sh(host, UNCHANGED) == before, "the refused run changed packages, holds or /etc"
     print(f"[time] datacenter: Secure Boot host refused: {time.monotonic() - t0:.1f}s", flush=True)
 
-    data[host.name]["nvidia_driver_source"] = "ubuntu"
+    # a 570 version the archive has only as a transitional package pulling 580: refused, saying so
+    data[host.name].update(nvidia_driver_source="ubuntu", nvidia_driver_version="570.211.01")
+    transitional = deploy([host], data)
+    assert transitional.rc != 0
+    assert "transitional package that installs nvidia-driver-580-server-open" in transitional.output, \
+        transitional.output[-3000:]
+    assert host.ssh("dpkg-query -W 'nvidia-driver-*' 2>/dev/null | grep -q .").returncode != 0  # nothing installed
+
+    data[host.name]["nvidia_driver_version"] = DRIVER
     converged = deploy([host], data)
     assert converged.rc == 0 and converged.errors == 0, converged.output[-5000:]
     assert _held_version(host, UBUNTU_DRIVER) == (f"{DRIVER}-0ubuntu0.24.04.1", True)

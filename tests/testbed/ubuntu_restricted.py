@@ -27,6 +27,7 @@ from .repos import (
 COMPONENT = "restricted"
 # 570-server releases the stand-in archive offers (Ubuntu's noble-updates version scheme)
 UBUNTU_570 = ("570.172.08", "570.195.03")
+TRANSITIONAL_570 = "570.211.01"
 
 
 def ubuntu_version(upstream: str) -> str:
@@ -73,6 +74,11 @@ def restricted_debs(repo_key: bytes, kernel: str | None = None) -> list[tuple[st
                 "Depends": f"nvidia-utils-570-server (= {ver}), nvidia-compute-utils-570-server (= {ver}), "
                            f"nvidia-kernel-common-570-server (= {ver})"}),
         ]
+    # a 570 "release" that is a transitional package pulling the 580 driver, as Ubuntu turned several 570 packages
+    # into (packages.ubuntu.com: nvidia-fabricmanager-dev-570 570.211.01-0ubuntu1.24.04.1 depends on -580)
+    debs.append(Deb("nvidia-driver-570-server-open", ubuntu_version(TRANSITIONAL_570), arch="amd64",
+                    control={"Depends": "nvidia-driver-580-server-open"},
+                    description="Transitional package pulling the 580 driver (stand-in)."))
     # one build of the signed modules per kernel, against the newest 570 (as the archive has it)
     newest = UBUNTU_570[-1]
     mod_ver = kernel.split("-")[0] + "+1"
