@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import re
+import shlex
 from dataclasses import dataclass, field
 
 from pyinfra.api import FactBase
 
 from gpu_llm.facts import JsonFact, marker, sections
 from gpu_llm.facts.gpu import SmiState, smi_state
+from gpu_llm.plan.datacenter import parse_stanzas
 
 # Driver metapackages: "nvidia-driver-570[-server][-open]" (Ubuntu, NVIDIA's repo), "nvidia-driver" (Debian),
 # "nvidia-open" / "cuda-drivers[-570]" (NVIDIA's flavour-neutral ones).
@@ -138,3 +140,25 @@ class NvidiaDriver(FactBase[DriverState]):
 
     def process(self, output: list[str]) -> DriverState:
         return parse_driver_state(output)
+
+
+class AptShow(FactBase[list]):
+    """
+    Every version apt's lists offer of some packages (`apt-cache show`): read only while installing a driver from
+    Ubuntu's archive or a fabric manager, to pick the package version that is the pinned driver release.
+
+    .. code:: python
+
+        [Stanza(package="nvidia-driver-570-server-open", version="570.172.08-0ubuntu0.24.04.1", depends="..."), ...]
+    """
+
+    @staticmethod
+    def default() -> list:
+        return []
+
+    def command(self, packages: tuple[str, ...]) -> str:
+        names = " ".join(shlex.quote(p) for p in packages)
+        return f"apt-cache show {names} 2>/dev/null; true"
+
+    def process(self, output: list[str]) -> list:
+        return parse_stanzas(output)
