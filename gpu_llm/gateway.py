@@ -100,6 +100,8 @@ def router_args(urls: list[str], s: Any) -> list[str]:
         "--worker-startup-timeout-secs", "60",
         "--request-timeout-secs", "3600",  # long generations stream for minutes
         "--log-level", "info",
+        # its Prometheus metrics, for the monitoring host (vllm-router 0.1.17 defaults: 127.0.0.1:29000)
+        "--prometheus-host", s.gateway_metrics_bind, "--prometheus-port", str(s.gateway_metrics_port),
     ]
 
 
