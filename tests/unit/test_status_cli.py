@@ -157,7 +157,7 @@ def test_unreachable_or_bad_url_is_one_clear_line(args, says, capsys):
 def test_a_url_that_is_not_prometheus(server, capsys):
     url = server(lambda p, q: (200, "<html>hello</html>"))
     assert cli.main(["status", "--prometheus", url]) == st.EXIT_BAD_INPUT
-    assert "is it Prometheus" in capsys.readouterr().err
+    assert "the answer is not JSON" in capsys.readouterr().err
     empty = server(lambda p, q: (200, json.dumps({"status": "success", "data": {"result": []}})))
     assert cli.main(["status", "--prometheus", empty]) == st.EXIT_BAD_INPUT
     assert "no vLLM targets" in capsys.readouterr().err
