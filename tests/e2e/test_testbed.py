@@ -82,6 +82,24 @@ def test_offline_hosts_pip_install_from_the_wheel_dir(testbed: Testbed) -> None:
     assert res.returncode == 0, res.stderr[-2000:]
 
 
+def test_ubuntu_archive_standin_serves_real_noble_packages(testbed: Testbed) -> None:
+    """apt on an offline host installs a real Ubuntu package (and the dependency its rootfs lacks) from the archive
+    stand-in at archive.ubuntu.com, checked against the key named in ubuntu.sources; a broken signature fails."""
+    h = testbed.hosts[-1]
+    res = h.ssh("apt-get update -q && apt-cache policy haproxy liblua5.4-0 && DEBIAN_FRONTEND=noninteractive "
+                "apt-get install -y -q --no-install-recommends haproxy && haproxy -v", timeout=300)
+    assert res.returncode == 0, (res.stdout + res.stderr)[-2000:]
+    assert "http://archive.ubuntu.com/ubuntu noble/main amd64 Packages" in res.stdout
+    assert "HAProxy version 2.8" in res.stdout
+    assert h.ssh("dpkg-query -W -f='${Status}' liblua5.4-0").stdout == "install ok installed"
+    h.ssh("DEBIAN_FRONTEND=noninteractive apt-get purge -y -q haproxy liblua5.4-0", check=True)
+    # the suite is signed by the testbed key only: apt refuses it with Ubuntu's real keyring
+    res = h.ssh("echo 'deb [signed-by=/usr/share/keyrings/ubuntu-archive-keyring.gpg] "
+                "http://archive.ubuntu.com/ubuntu noble main' > /tmp/real-key.list && apt-get update "
+                "-o Dir::Etc::sourcelist=/tmp/real-key.list -o Dir::Etc::sourceparts=/nonexistent")
+    assert "NO_PUBKEY" in res.stdout + res.stderr or "not signed" in res.stdout + res.stderr, res.stdout + res.stderr
+
+
 def test_standin_vllm_image_runs_with_gpus(testbed: Testbed) -> None:
     from gpu_llm.plan.versions import newest_release_for
 

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from . import gpus as gpu_fixtures
-from . import registry
+from . import registry, ubuntu_archive
 from .config import PROJECT, REGISTRY_HOSTS, VENDOR_HOSTS, Config
 from .keys import ensure_keys
 from .proc import TestbedError, run, timed
@@ -163,7 +163,9 @@ class Testbed:
         _require_machine()
         ensure_keys(self.cfg)
         ensure_wheels(self.cfg)
-        return docker_base(self.cfg)
+        base = docker_base(self.cfg)
+        ubuntu_archive.real_pool(self.cfg)
+        return base
 
     def up(self, fixtures: list[str]) -> list[Host]:
         for f in fixtures:
@@ -175,6 +177,8 @@ class Testbed:
         with timed(f"testbed {self.cfg.tid}: network + vendor repos"):
             self._bridge()
             build_www(self.cfg, self.www)
+            keys = self.cfg.cache / "keys"
+            ubuntu_archive.build_archive(self.cfg, self.www, keys, (keys / "repo-key.gpg").read_bytes())
             self._start_server()
         with timed(f"testbed {self.cfg.tid}: boot {len(fixtures)} hosts to ssh"):
             for n, fixture in enumerate(fixtures, start=1):
@@ -228,11 +232,12 @@ class Testbed:
         run(["cp", "-a", str(base), str(r)])
         (r / "etc/hostname").write_text(host.name + "\n")
         (r / "etc/hosts").write_text(f"127.0.0.1 localhost\n127.0.1.1 {host.name}\n::1 localhost ip6-localhost\n"
-                                     f"{self.cfg.bridge_ip} {' '.join(VENDOR_HOSTS)}\n"
+                                     f"{self.cfg.bridge_ip} {' '.join(VENDOR_HOSTS + ubuntu_archive.ARCHIVE_HOSTS)}\n"
                                      f"{self.cfg.registry_ip} {' '.join(REGISTRY_HOSTS)}\n")
         keys = self.cfg.cache / "keys"
         shutil.copy(keys / "ca.crt", r / "usr/local/share/ca-certificates/gpu-llm-testbed-ca.crt")
         run(["chroot", str(r), "update-ca-certificates"])
+        ubuntu_archive.install_source(r, (keys / "repo-key.gpg").read_bytes())
         run(["chroot", str(r), "ssh-keygen", "-A"])
         ssh_dir = r / "root/.ssh"
         ssh_dir.mkdir(mode=0o700, exist_ok=True)

@@ -173,7 +173,8 @@ def docker_debs() -> list[Deb]:
             Deb("docker-compose-plugin", "2.38.2-1~ubuntu.24.04~noble")]
 
 
-def _sign(keys: Path, d: Path) -> None:
+def sign_release(keys: Path, d: Path) -> None:
+    """InRelease and Release.gpg for `d`/Release, signed by the testbed's repo key."""
     env = gpg_env(keys)
     run(["gpg", "-q", "--batch", "--yes", "-u", REPO_UID, "--clearsign", "-o", str(d / "InRelease"),
          str(d / "Release")], env=env)
@@ -198,7 +199,7 @@ def build_www(cfg: Config, www: Path) -> Path:
     for d in (cuda, nvct):
         run(["sh", "-c", f"cd '{d}' && apt-ftparchive packages . > Packages && gzip -kf Packages "
                          "&& apt-ftparchive release . > Release"])
-        _sign(keys, d)
+        sign_release(keys, d)
     (nvct.parent / "nvidia-container-toolkit.list").write_text(
         "deb https://nvidia.github.io/libnvidia-container/stable/deb/$(ARCH) /\n")
     asc = (keys / "repo-key.asc").read_text()
@@ -214,6 +215,6 @@ def build_www(cfg: Config, www: Path) -> Path:
                      ("Components", "stable"), ("Architectures", "amd64")))
     run(["sh", "-c", f"cd '{docker}' && apt-ftparchive {opts} release dists/noble > dists/noble/Release.new "
                      "&& mv dists/noble/Release.new dists/noble/Release"])
-    _sign(keys, rel)
+    sign_release(keys, rel)
     shutil.rmtree(work)
     return www

@@ -1,4 +1,5 @@
-"""HTTPS server for the fake vendor repos (bridge IP:443) plus plain HTTP for the wheel directory.
+"""HTTPS server for the fake vendor repos (bridge IP:443), plain HTTP on :80 for Ubuntu's archive stand-in (same
+root), plus plain HTTP for the wheel directory.
 
 Run: python3 -m tests.testbed.vendor_server BIND WWW_DIR HTTP_DIR HTTP_PORT CERT KEY DISABLED_FILE
 Path prefixes listed in DISABLED_FILE (one a line, re-read per request) answer 404: a "broken" vendor repo.
@@ -53,7 +54,10 @@ def main(argv: list[str]) -> None:
     https = serve(bind, 443, www, Path(disabled), ctx)
     plain = serve(bind, int(http_port), http_dir, Path(disabled), None)
     threading.Thread(target=plain.serve_forever, daemon=True).start()
-    print(f"serving https://{bind}:443 from {www}, http://{bind}:{http_port} from {http_dir}", flush=True)
+    archive = serve(bind, 80, www, Path(disabled), None)  # http://archive.ubuntu.com/ubuntu (ubuntu_archive.py)
+    threading.Thread(target=archive.serve_forever, daemon=True).start()
+    print(f"serving https://{bind}:443 and http://{bind}:80 from {www}, http://{bind}:{http_port} from {http_dir}",
+          flush=True)
     https.serve_forever()
 
 
