@@ -27,10 +27,13 @@ def is_gateway(groups: Iterable[str]) -> bool:
     return GATEWAYS in set(groups)
 
 
+SERVICE_GROUPS = (GATEWAYS, "monitoring")  # hosts of these groups run a fleet service, not the GPU stack
+
+
 def is_gpu_host(groups: Iterable[str]) -> bool:
-    """Every host is a GPU host except one only in `gateways` (not also in `gpu_hosts`)."""
+    """Every host is a GPU host except one in `gateways` or `monitoring` (not also in `gpu_hosts`)."""
     groups = set(groups)
-    return GATEWAYS not in groups or GPU_HOSTS in groups
+    return not groups & set(SERVICE_GROUPS) or GPU_HOSTS in groups
 
 
 def instance_ports(s: Any) -> list[int]:

@@ -146,3 +146,28 @@ def test_vllm_dashboard_input_bound_to_our_datasource():
     d = mon.provisioned_vllm_dashboard(raw)
     assert "__inputs" not in d and d["id"] is None
     assert d["panels"][0]["datasource"]["uid"] == mon.DATASOURCE_UID
+
+
+@pytest.mark.parametrize("groups, gpu", [((), True), (("monitoring",), False), (("gateways", "monitoring"), False),
+                                         (("monitoring", "gpu_hosts"), True), (("gateways",), False)])
+def test_a_host_only_in_monitoring_gets_no_gpu_stack(groups, gpu):
+    assert gw.is_gpu_host(groups) is gpu
+
+
+def test_fleet_checks_with_a_monitoring_host():
+    from gpu_llm.deploys.monitoring import fleet_problems
+
+    s = from_data({})
+    keyed = gw.FleetHost("gpu1", "10.0.0.5", (), s, "k" * 8)
+    unkeyed = gw.FleetHost("gpu2", "10.0.0.6", (), s, None)
+    mon_host = gw.FleetHost("mon", "10.0.0.9", ("monitoring",), from_data({"monitoring_grafana_admin_password": "p" * 8}),
+                            None)
+    assert fleet_problems([keyed, unkeyed]) == []  # no monitoring group: nothing asked
+    problems = fleet_problems([keyed, unkeyed, mon_host])
+    assert [k for k, _ in problems] == ["vllm_api_key"] and "gpu2" in problems[0][1] and "gpu1" not in problems[0][1]
+    nopass = gw.FleetHost("mon", "10.0.0.9", ("monitoring",), s, None)
+    assert [k for k, _ in fleet_problems([keyed, nopass])] == ["monitoring_grafana_admin_password"]
+    # a single GPU host monitoring itself needs no key
+    solo = gw.FleetHost("solo", "10.0.0.5", ("monitoring", "gpu_hosts"),
+                        from_data({"monitoring_grafana": False}), None)
+    assert fleet_problems([solo]) == []
