@@ -181,7 +181,9 @@ def prometheus_queries() -> dict[str, str]:
 
 
 def restarts_query() -> str:
-    return f"sum by (host, container) (increase({mon.WATCHDOG_RESTARTS}[1h]))"
+    """Restarts in the last hour; 0 for a counter with one sample yet (increase() needs two)."""
+    m = mon.WATCHDOG_RESTARTS
+    return f"sum by (host, container) (increase({m}[1h])) or sum by (host, container) (0 * {m})"
 
 
 def _query(base: str, expr: str, timeout: float) -> list[dict[str, Any]]:

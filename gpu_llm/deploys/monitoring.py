@@ -88,7 +88,7 @@ def exporters() -> None:
         ops.exporter_container(
             name=f"Run NVIDIA's DCGM exporter on {bind}:{s.monitoring_gpu_exporter_port}",
             spec=ops.exporter_spec(DCGM_CONTAINER, s.monitoring_gpu_exporter_image, bind,
-                                   s.monitoring_gpu_exporter_port))
+                                   s.monitoring_gpu_exporter_port, s.vllm_ulimits.get("memlock")))
     else:
         ops.container_absent(name="Remove the DCGM exporter (monitoring_gpu_exporter: false)",
                              container=DCGM_CONTAINER)

@@ -111,18 +111,29 @@ def configured_service(unit: str, files: dict[str, tuple[bytes, str]], check: li
              f"{'restart' if service.active == 'active' else 'start'}")
     yield from commands
     if ready_url:
-        yield StringCommand("for", "i", "$(seq", str(timeout_s) + ");", "do", "curl", "-sf", "-o", "/dev/null",
-                            QuoteString(ready_url), "&&", "break;", "sleep", "1;", "done;", "curl", "-sf", "-o",
-                            "/dev/null", QuoteString(ready_url), "||", "{", "echo",
-                            QuoteString(f"{unit} did not answer {ready_url} within {timeout_s} s; see "
-                                        f"journalctl -u {unit}"), ">&2;", "exit", "1;", "}")
+        yield StringCommand(ready_loop(ready_url, timeout_s, f"{unit} did not answer {ready_url} within {timeout_s} s; "
+                                                             f"see journalctl -u {unit}"))
 
 
-def exporter_spec(name: str, image: str, bind: str, port: int) -> dict[str, Any]:
+def ready_loop(url: str, timeout_s: int, message: str) -> str:
+    """Shell: wait up to `timeout_s` seconds for `url` to answer 2xx, else fail with `message`."""
+    import shlex
+
+    q = shlex.quote(url)
+    return (f"for i in $(seq {int(timeout_s)}); do curl -sf -o /dev/null {q} && exit 0; sleep 1; done; "
+            f"echo {shlex.quote(message)} >&2; exit 1")
+
+
+def exporter_spec(name: str, image: str, bind: str, port: int, memlock: str | None = None) -> dict[str, Any]:
     """What defines the DCGM exporter's container (NVIDIA's documented run: --gpus all --cap-add SYS_ADMIN, port
-    9400 in the container; https://github.com/NVIDIA/dcgm-exporter#quickstart)."""
-    return {"name": name, "image": image, "gpus": "all", "cap_add": ["SYS_ADMIN"], "restart": "always",
-            "ports": [f"{bind}:{port}:9400"]}
+    9400 in the container; https://github.com/NVIDIA/dcgm-exporter#quickstart). `memlock`: the vLLM containers'
+    memlock limit (vllm_ulimits), else the daemon's default-ulimits apply (memlock -1, which a host without
+    CAP_SYS_RESOURCE cannot grant)."""
+    spec: dict[str, Any] = {"name": name, "image": image, "gpus": "all", "cap_add": ["SYS_ADMIN"],
+                            "restart": "always", "ports": [f"{bind}:{port}:9400"]}
+    if memlock is not None:
+        spec["ulimits"] = {"memlock": memlock}
+    return spec
 
 
 def exporter_run_args(spec: dict[str, Any]) -> list[str]:
@@ -130,6 +141,8 @@ def exporter_run_args(spec: dict[str, Any]) -> list[str]:
             "--gpus", spec["gpus"], "--restart", spec["restart"]]
     for cap in spec["cap_add"]:
         args += ["--cap-add", cap]
+    for limit, value in (spec.get("ulimits") or {}).items():
+        args += ["--ulimit", f"{limit}={value}"]
     for port in spec["ports"]:
         args += ["-p", port]
     return args + [spec["image"]]
