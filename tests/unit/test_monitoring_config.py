@@ -171,3 +171,22 @@ def test_fleet_checks_with_a_monitoring_host():
     solo = gw.FleetHost("solo", "10.0.0.5", ("monitoring", "gpu_hosts"),
                         from_data({"monitoring_grafana": False}), None)
     assert fleet_problems([solo]) == []
+
+
+def test_vendored_vllm_dashboard_loads_and_queries_metrics_vllm_exports():
+    """vLLM's own dashboard (gpu_llm/dashboards/vllm.json, SOURCE there): loads as Grafana expects once its data
+    source is bound, and every vllm:* metric it queries is exported by vLLM 0.26.0 (recorded /metrics)."""
+    import re
+    from pathlib import Path
+
+    from gpu_llm import dashboards
+
+    files = dashboards.dashboards()
+    assert set(files) == {"gpu-llm-fleet.json", "vllm.json"}
+    d = json.loads(files["vllm.json"])
+    assert d["title"] == "vLLM" and mon.dashboard_problems(d) == []
+    assert "${DS_PROMETHEUS}" not in files["vllm.json"].decode()
+    exported = set(re.findall(r"^(vllm:[a-z_]+)", (Path(__file__).parents[1] / "fixtures/vllm_hang/metrics_load.txt")
+                              .read_text(), re.M))
+    used = {m for e in mon.dashboard_exprs(d) for m in re.findall(r"vllm:[a-z_]+", e)}
+    assert len(used) >= 10 and used <= exported, used - exported
