@@ -10,7 +10,9 @@ Steps in file order (a failed step skips the rest):
   2. `gpu-llm status` shows every instance, from Prometheus and from the endpoint's /metrics;
   3. a re-run changes nothing;
   4. the vLLM container stopped by hand -> `gpu-llm status` shows it down and Prometheus fires VllmInstanceDown;
-     started again -> up.
+     started again -> up;
+  5. headless Chromium screenshots Prometheus's graph of vllm:num_requests_running while requests run: it has more
+     coloured (plotted) pixels than the same page for a metric without data.
 Run alone: GPU_LLM_TESTBED_ID=4 .venv/bin/python -m pytest -m e2e tests/e2e/test_monitoring.py -s -q
 """
 
@@ -212,3 +214,64 @@ def test_4_a_stopped_container_shows_down_and_fires_the_alert(setup: Setup) -> N
         setup.gpu.ssh("docker start coder", timeout=120)
     _wait("the instance up again", lambda: json.loads(setup.status("--prometheus", setup.prom).stdout)["ok"],
           timeout=90)
+
+
+def _chromium() -> str | None:
+    import shutil
+
+    return shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+def _screenshot(url: str, out: Path) -> Path:
+    # root in a container: no sandbox; virtual time lets the page's scripts fetch and draw before the shot
+    subprocess.run([_chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
+                    "--window-size=1400,900", "--virtual-time-budget=15000", f"--screenshot={out}", url],
+                   capture_output=True, text=True, timeout=120, check=True)
+    return out
+
+
+def _coloured_pixels(png: Path) -> int:
+    """Pixels with a clear hue (graph lines), not the greys and whites of the page around them."""
+    from PIL import Image
+
+    img = Image.open(png).convert("RGB")
+    return sum(1 for r, g, b in img.getdata() if max(r, g, b) - min(r, g, b) > 60)
+
+
+def test_5_screenshot_of_the_prometheus_graph_has_data(setup: Setup, tmp_path_factory: pytest.TempPathFactory) -> None:
+    setup.need("deploy")
+    if _chromium() is None:
+        pytest.skip("no chromium on this machine (.ci/e2e-setup installs Debian's chromium)")
+    import threading
+    from urllib.parse import quote
+
+    stop = threading.Event()
+
+    def load() -> None:  # long answers keep requests running across several scrapes
+        while not stop.is_set():
+            try:
+                requests.post(f"http://{setup.gpu.ip}:8000/v1/chat/completions", headers=AUTH, timeout=60,
+                              json={"model": "coder", "messages": [{"role": "user", "content": "hi"}],
+                                    "max_tokens": 1500, "ignore_eos": True})
+            except requests.RequestException:
+                time.sleep(0.5)
+
+    threads = [threading.Thread(target=load, daemon=True) for _ in range(3)]
+    for t in threads:
+        t.start()
+    try:
+        _wait("requests running seen by Prometheus", lambda: setup.query(
+            f'max_over_time({mon.RUNNING}{{job="vllm"}}[2m]) > 0')["result"] or None, timeout=90)
+        time.sleep(3 * SCRAPE)
+    finally:
+        stop.set()
+    out = tmp_path_factory.mktemp("screenshot")
+
+    def graph(expr: str) -> str:
+        return f"{setup.prom}/graph?g0.expr={quote(expr)}&g0.tab=0&g0.range_input=5m"
+
+    shot = _screenshot(graph(mon.RUNNING), out / "vllm_num_requests_running.png")
+    empty = _screenshot(graph("gpu_llm_no_such_metric"), out / "no_data.png")
+    with_data, without = _coloured_pixels(shot), _coloured_pixels(empty)
+    print(f"screenshot {shot}: {with_data} coloured pixels; the same page without data: {without}")
+    assert with_data > without + 500, (with_data, without)
