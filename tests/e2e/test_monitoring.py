@@ -13,6 +13,8 @@ Steps in file order (a failed step skips the rest):
      started again -> up;
   5. headless Chromium screenshots Prometheus's graph of vllm:num_requests_running while requests run: the plotted
      series' pixels are there, and not on the same page for a metric without data.
+  6. the stand-in's hang switch -> the watchdog restarts the container -> its counter reaches Prometheus through the
+     node exporter, WatchdogRestartedInstance fires and `gpu-llm status` shows the restart.
 Run alone: GPU_LLM_TESTBED_ID=4 .venv/bin/python -m pytest -m e2e tests/e2e/test_monitoring.py -s -q
 """
 
@@ -39,7 +41,10 @@ pytestmark = pytest.mark.e2e
 API_KEY = "sk-e2e-monitoring-KeyDoNotPrint-24680"
 GRAFANA_PASSWORD = "grafana-PassDoNotPrint-97531"
 SCRAPE = 5  # monitoring_scrape_interval: targets are up within seconds, the down alert fires after 30 s
-GPU_DATA = {"vllm_api_key": API_KEY, "monitoring_scrape_interval": SCRAPE}
+# a quick watchdog (as tests/e2e/test_watchdog.py): an idle hang is restarted after 2 failed 3 s probes
+GPU_DATA = {"vllm_api_key": API_KEY, "monitoring_scrape_interval": SCRAPE, "watchdog_interval": 2,
+            "watchdog_stall_seconds": 8, "watchdog_start_grace": 5, "watchdog_probe_timeout": 3,
+            "watchdog_probe_failures": 2}
 MON_DATA = {"monitoring_scrape_interval": SCRAPE, "monitoring_grafana_admin_password": GRAFANA_PASSWORD,
             "gateway_health_interval": 2}
 AUTH = {"Authorization": f"Bearer {API_KEY}"}
@@ -276,3 +281,30 @@ def test_5_screenshot_of_the_prometheus_graph_has_data(setup: Setup, tmp_path_fa
     with_data, without = _line_pixels(shot), _line_pixels(empty)
     print(f"screenshot {shot}: {with_data} pixels of the plotted series; the same page without data: {without}")
     assert with_data > 300 and without < 50, (with_data, without)
+
+
+def test_6_a_watchdog_restart_fires_the_alert_and_shows_in_status(setup: Setup) -> None:
+    setup.need("status")
+    setup.gpu.ssh("docker exec coder python3 -c \"open('/tmp/hang', 'w').write('')\"", check=True)
+    try:
+        def restarted() -> list[dict] | None:
+            got = setup.query(f'{mon.WATCHDOG_RESTARTS}{{container="coder"}} > 0')["result"]
+            return got or None
+
+        _wait("the watchdog's restart counted by Prometheus", restarted, timeout=120)
+
+        def firing() -> list[dict] | None:
+            alerts = requests.get(f"{setup.prom}/api/v1/alerts", timeout=10).json()["data"]["alerts"]
+            return [a for a in alerts if a["labels"]["alertname"] == "WatchdogRestartedInstance"
+                    and a["state"] == "firing"] or None
+
+        alerts = _wait("WatchdogRestartedInstance firing", firing, timeout=60)
+        assert alerts[0]["labels"]["host"] == setup.gpu.ip and alerts[0]["labels"]["container"] == "coder"
+        doc = _wait("gpu-llm status shows the restart", lambda: (lambda d: d if d["instances"][0]["restarts"]
+                                                                 else None)(json.loads(setup.status(
+                                                                     "--prometheus", setup.prom).stdout)), timeout=60)
+        print(json.dumps(doc))
+        assert doc["instances"][0]["restarts"] >= 1
+    finally:
+        setup.gpu.ssh("docker exec coder python3 -c \"import os; os.path.exists('/tmp/hang') and "
+                      "os.remove('/tmp/hang')\"", timeout=60)
