@@ -32,7 +32,7 @@ import requests
 from gpu_llm import monitoring as mon
 from tests.e2e.conftest import base_data, prepared_host
 from tests.testbed.config import PROJECT
-from tests.testbed.harness import Host, Testbed
+from tests.testbed.harness import Testbed
 from tests.testbed.monitoring import import_dcgm_image
 from tests.testbed.pyinfra_run import DeployResult, run_deploy, write_inventory
 
