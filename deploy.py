@@ -14,11 +14,12 @@ from gpu_llm.deploys.image import image_pull_start, image_pull_wait
 from gpu_llm.deploys.model import model_download_start, model_download_wait
 from gpu_llm.deploys.monitoring import exporters, monitoring, monitoring_host
 from gpu_llm.deploys.nvidia import nvidia
-from gpu_llm.deploys.preflight import preflight
+from gpu_llm.deploys.preflight import preflight, service_preflight
 from gpu_llm.deploys.vllm import vllm, vllm_verify
 from gpu_llm.deploys.watchdog import watchdog
 
 fleet_checks()               # with gateways: every GPU host keyed, one key; refused before any change
+service_preflight()          # hosts without the GPU stack (gateway only): OS, arch, root, disk; before any change
 if gpu_host():
     preflight()              # OS, arch, root, disk, GPUs on the PCI bus, settings: refuses before any change
     model_download_start()   # huggingface-hub in its own venv, download runs as a transient systemd unit

@@ -21,7 +21,8 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from gpu_llm.verify import VerifyError, list_models, make_session, normalise_url, read_api_key, request
+from gpu_llm.verify import (VerifyError, add_cacert, list_models, make_session, normalise_url, read_api_key, request,
+                            use_cacert)
 
 PERCENTILES = (50, 90, 99)
 # matplotlib is an extra (only --plot needs it): gpu-llm[plot].
@@ -281,6 +282,7 @@ def run(args: argparse.Namespace, console: Console | None = None) -> int:
         console.print(f"[red]error:[/red] {escape(PLOT_NEEDS_MATPLOTLIB)}", highlight=False, soft_wrap=True)
         return 2
     try:
+        use_cacert(getattr(args, "cacert", None))
         url = normalise_url(args.url)
         api_key = read_api_key(args.api_key_file)
         served = list_models(url, api_key=api_key, timeout=30)
@@ -362,6 +364,7 @@ def register(subparsers: Any) -> None:
     parser.add_argument("url", help="server URL, e.g. http://HOST:8000")
     parser.add_argument("--model", help="served model name (default: the first one /v1/models lists)")
     parser.add_argument("--api-key-file", metavar="PATH", help="file holding the API key (else $VLLM_API_KEY)")
+    add_cacert(parser)
     parser.add_argument("--concurrency", type=_concurrency_list, default=[1, 4, 16, 64], metavar="LIST",
                         help="comma-separated concurrency levels (default 1,4,16,64)")
     parser.add_argument("--requests-per-level", type=_positive_int, metavar="N",

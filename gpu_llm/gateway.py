@@ -10,7 +10,10 @@ Facts it relies on, checked against the stand-in on the testbed (tests/e2e/test_
     /health among the routes outside --api-key), so router#159 (health checks without the key) does not bite;
   - at start it serves as soon as one worker answers /health; with none answering it exits after
     --worker-startup-timeout-secs (seen with 0.1.17; systemd's Restart= starts it again);
-  - it has no TLS and no client key of its own (HTTPS, `gateway_tls_*` of issue 11, is not done).
+  - it has no TLS and no client key of its own (0.1.17 serves plain HTTP only), so with gateway_tls_cert/key set,
+    HAProxy (Ubuntu's `haproxy` package, a maintained TLS terminator) listens on gateway_port and hands the
+    decrypted bytes to vllm-router on 127.0.0.1:gateway_router_port. It runs in TCP mode: HTTP, streaming included,
+    passes through unbuffered and untouched, and routing, health checks and retries stay vllm-router's.
 """
 
 from __future__ import annotations
@@ -87,10 +90,21 @@ def fleet_problems(fleet: list[FleetHost]) -> list[tuple[str, str]]:
     return problems
 
 
+def tls(s: Any) -> bool:
+    """HTTPS on gateway_port (gateway_tls_cert and gateway_tls_key set; settings refuse one without the other)."""
+    return bool(s.gateway_tls_cert and s.gateway_tls_key)
+
+
+def router_listen(s: Any) -> tuple[str, int]:
+    """Where vllm-router listens: gateway_bind:gateway_port, or 127.0.0.1:gateway_router_port behind HTTPS."""
+    return ("127.0.0.1", s.gateway_router_port) if tls(s) else (s.gateway_bind, s.gateway_port)
+
+
 def router_args(urls: list[str], s: Any) -> list[str]:
     """vllm-router's command line (no secret on it: the client's key is passed on)."""
+    bind, port = router_listen(s)
     return [
-        "--host", s.gateway_bind, "--port", str(s.gateway_port),
+        "--host", bind, "--port", str(port),
         "--worker-urls", *urls,
         "--policy", s.gateway_policy,
         "--health-check-interval-secs", str(s.gateway_health_interval),
@@ -122,6 +136,51 @@ def unit_text(venv: str, args: list[str]) -> bytes:
         "Restart=always\n"
         "RestartSec=3\n"
         "DynamicUser=yes\n\n"
+        "[Install]\n"
+        "WantedBy=multi-user.target\n"
+    ).encode()
+
+
+def haproxy_config(s: Any, pem_path: str) -> bytes:
+    """HAProxy terminating TLS on gateway_bind:gateway_port in front of vllm-router (TCP mode: bytes pass through,
+    so streamed tokens are not buffered). Directives: https://docs.haproxy.org/2.8/configuration.html (bind ... ssl
+    crt, ssl-min-ver, mode tcp, timeout client/server)."""
+    bind, port = router_listen(s)
+    return (
+        "# gpu-llm: managed by pyinfra (gpu_llm/deploys/gateway.py); edits are overwritten\n"
+        "global\n"
+        "    user haproxy\n"
+        "    group haproxy\n"
+        "    ssl-default-bind-options ssl-min-ver TLSv1.2\n\n"
+        "defaults\n"
+        "    mode tcp\n"
+        "    timeout connect 5s\n"
+        "    timeout client 3600s\n"  # long generations stream for minutes (the router's --request-timeout-secs)
+        "    timeout server 3600s\n\n"
+        "frontend gpu-llm-gateway-https\n"
+        f"    bind {s.gateway_bind}:{s.gateway_port} ssl crt {pem_path}\n"
+        "    default_backend gpu-llm-gateway-router\n\n"
+        "backend gpu-llm-gateway-router\n"
+        f"    server vllm-router {bind}:{port}\n"
+    ).encode()
+
+
+def tls_unit_text(config_path: str) -> bytes:
+    """HAProxy's master-worker mode under systemd (-Ws, Type=notify), as Ubuntu's haproxy.service runs it, but on
+    our own configuration file: a haproxy.service the host already uses is left alone."""
+    return (
+        "# gpu-llm: managed by pyinfra (gpu_llm/deploys/gateway.py); edits are overwritten\n"
+        "[Unit]\n"
+        "Description=gpu-llm gateway HTTPS (HAProxy terminating TLS in front of vllm-router)\n"
+        "After=network-online.target gpu-llm-gateway.service\n"
+        "Wants=network-online.target\n\n"
+        "[Service]\n"
+        f"ExecStartPre=/usr/sbin/haproxy -q -c -f {config_path}\n"
+        f"ExecStart=/usr/sbin/haproxy -Ws -f {config_path} -p /run/gpu-llm-gateway-tls.pid\n"
+        "ExecReload=/bin/kill -USR2 $MAINPID\n"
+        "Type=notify\n"
+        "Restart=always\n"
+        "RestartSec=3\n\n"
         "[Install]\n"
         "WantedBy=multi-user.target\n"
     ).encode()

@@ -50,6 +50,10 @@ GRAFANA_DATASOURCE = "/etc/grafana/provisioning/datasources/gpu-llm.yaml"
 GRAFANA_PROVIDER = "/etc/grafana/provisioning/dashboards/gpu-llm.yaml"
 GRAFANA_DROPIN = f"/etc/systemd/system/{GRAFANA_SERVICE}.service.d/gpu-llm.conf"
 DCGM_CONTAINER = "gpu-llm-dcgm-exporter"
+# with HTTPS (gateway_tls_cert/key): HAProxy from Ubuntu's archive terminates TLS in front of vllm-router
+GATEWAY_TLS_UNIT = "gpu-llm-gateway-tls.service"
+GATEWAY_TLS_UNIT_FILE = f"/etc/systemd/system/{GATEWAY_TLS_UNIT}"
+GATEWAY_TLS_PACKAGE = "haproxy"
 # apt sources (files under /etc/apt/sources.list.d/, without .list)
 DOCKER_SOURCE = "docker"
 NVCT_SOURCE = "nvidia-container-toolkit"
@@ -59,7 +63,7 @@ CUDA_REPO_DIRS = {"ubuntu-24.04": "ubuntu2404", "ubuntu-22.04": "ubuntu2204", "d
 DOCKER_CE_PACKAGES = ("docker-ce", "docker-ce-cli", "containerd.io")
 NVCT_PACKAGES = ("nvidia-container-toolkit", "nvidia-container-toolkit-base", "libnvidia-container-tools",
                  "libnvidia-container1")  # pinned together, as NVIDIA's install guide does
-OTHER_PACKAGES = ("python3-venv", "docker.io", "cuda-keyring")
+OTHER_PACKAGES = ("python3-venv", "docker.io", "cuda-keyring", GATEWAY_TLS_PACKAGE)
 
 
 class _Settings(Protocol):  # the settings layout() needs (gpu_llm.settings.Settings has them all)
@@ -115,6 +119,15 @@ def gateway_auth_path(s: _Settings) -> str:
     return f"{s.vllm_config_dir}/gateway-auth.header"
 
 
+def gateway_tls_config_path(s: _Settings) -> str:
+    return f"{s.vllm_config_dir}/gateway-tls.cfg"
+
+
+def gateway_tls_pem_path(s: _Settings) -> str:
+    """0600 file on a gateway host: the certificate chain then its private key (HAProxy's `crt`)."""
+    return f"{s.vllm_config_dir}/gateway-tls.pem"
+
+
 def grafana_env_path(s: _Settings) -> str:
     """0600 environment file of grafana-server (its admin password)."""
     return f"{s.vllm_config_dir}/grafana.env"
@@ -147,6 +160,7 @@ def probe(s: _Settings) -> Probe:
         GATEWAY_UNIT_FILE, gateway_auth_path(s), f"{s.gateway_venv}/{GATEWAY_VENV_MARKER}",
         PROMETHEUS_DEFAULTS, PROMETHEUS_CONFIG, RULES_FILE, NODE_EXPORTER_DEFAULTS, GRAFANA_KEY, GRAFANA_DATASOURCE,
         GRAFANA_PROVIDER, GRAFANA_DROPIN, grafana_env_path(s), *grafana_dashboard_paths(),
+        GATEWAY_TLS_UNIT_FILE, gateway_tls_config_path(s), gateway_tls_pem_path(s),
     )
     sources = (DOCKER_SOURCE, NVCT_SOURCE, GRAFANA_SOURCE, *(cuda_source(d) for d in CUDA_REPO_DIRS.values()))
     packages = (*OTHER_PACKAGES, *DOCKER_CE_PACKAGES, *NVCT_PACKAGES, cuda_toolkit_package(s.cuda_toolkit_version),
@@ -154,5 +168,5 @@ def probe(s: _Settings) -> Probe:
     return Probe(model_dir=s.model_dir, download_unit=DOWNLOAD_UNIT, hf_venv=s.hf_venv,
                  paths=tuple(dict.fromkeys(paths)), packages=packages,
                  sources=tuple(source_file(name) for name in sources),
-                 services=(DOCKER_SERVICE, IMAGE_PULL_UNIT, WATCHDOG_UNIT, GATEWAY_UNIT, PROMETHEUS_SERVICE,
-                           NODE_EXPORTER_SERVICE, GRAFANA_SERVICE))
+                 services=(DOCKER_SERVICE, IMAGE_PULL_UNIT, WATCHDOG_UNIT, GATEWAY_UNIT, GATEWAY_TLS_UNIT,
+                           PROMETHEUS_SERVICE, NODE_EXPORTER_SERVICE, GRAFANA_SERVICE))

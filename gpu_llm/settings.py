@@ -546,6 +546,15 @@ class Settings:
         29000, _int(1, 65535), "Port of the gateway's Prometheus metrics (vllm-router `--prometheus-port`).")
     gateway_metrics_bind: str = setting(
         "0.0.0.0", _ip, "Address the gateway's metrics listen on (vllm-router `--prometheus-host`), for the monitoring host.")
+    gateway_tls_cert: str | None = setting(
+        None, _str(r"\S+", "a path to a PEM certificate file", allow_none=True),
+        "Path on the deploying machine of the PEM certificate (chain) for HTTPS on gateway_port; null = plain HTTP.")
+    gateway_tls_key: str | None = setting(
+        None, _str(r"\S+", "a path to a PEM private key file", allow_none=True),
+        "Path on the deploying machine of gateway_tls_cert's PEM private key (kept 0600 on the gateway host).")
+    gateway_router_port: int = setting(
+        18080, _int(1, 65535),
+        "With HTTPS: port vllm-router listens on at 127.0.0.1, behind HAProxy terminating TLS on gateway_port.")
     # ---- Monitoring (hosts in inventory group `monitoring`): Prometheus, Grafana; exporters on the GPU hosts -------
     monitoring_prometheus_port: int = setting(
         9090, _int(1, 65535), "Port of Prometheus (Ubuntu's `prometheus` package) on the monitoring host.")
@@ -613,6 +622,12 @@ def _cross_checks(s: dict[str, Any]) -> list[tuple[str, str]]:
     if s["watchdog_enabled"] and s["watchdog_stall_seconds"] < 2 * s["watchdog_interval"]:
         problems.append(("watchdog_stall_seconds", f"watchdog_stall_seconds={s['watchdog_stall_seconds']} must be at "
                          f"least twice watchdog_interval={s['watchdog_interval']} (a stall is seen between two looks)"))
+    if bool(s["gateway_tls_cert"]) != bool(s["gateway_tls_key"]):
+        problems.append(("gateway_tls_cert", "set gateway_tls_cert and gateway_tls_key together (HTTPS needs the "
+                         "certificate and its private key), or neither (plain HTTP)"))
+    if s["gateway_tls_cert"] and s["gateway_router_port"] == s["gateway_port"]:
+        problems.append(("gateway_router_port", f"gateway_router_port={s['gateway_router_port']} must differ from "
+                         "gateway_port: with HTTPS, HAProxy listens on gateway_port and vllm-router behind it"))
     for url in s["gateway_extra_backends"]:
         if not re.fullmatch(r"https?://[^\s/]+", url.rstrip("/")):
             problems.append(("gateway_extra_backends", f"gateway_extra_backends item {url!r}: expected a base URL like "
@@ -694,6 +709,35 @@ def api_key(s: Settings) -> str | None:
         raise SettingsError([("vllm_api_key_file", f"vllm_api_key_file: {str(path)!r} must hold one key of at "
                                                     "least 8 non-space characters")])
     return key
+
+
+def gateway_tls_pem(s: Settings) -> str | None:
+    """gateway_tls_cert's certificate(s) then gateway_tls_key's key, as one PEM (what HAProxy's `crt` loads), or None
+    without HTTPS. Both files are on the deploying machine; they must load as a pair (ssl checks the key matches the
+    certificate), else a SettingsError naming the setting."""
+    if not (s.gateway_tls_cert and s.gateway_tls_key):
+        return None
+    import ssl
+
+    texts = {}
+    for key, kind in (("gateway_tls_cert", "CERTIFICATE"), ("gateway_tls_key", "PRIVATE KEY")):
+        path = Path(getattr(s, key)).expanduser()
+        try:
+            texts[key] = path.read_text()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise SettingsError([(key, f"{key}: cannot read {str(path)!r} ({getattr(exc, 'strerror', exc)}); it must "
+                                       f"be a readable PEM file")])
+        if f"-----BEGIN {kind}" not in texts[key] and not (kind == "PRIVATE KEY" and " PRIVATE KEY-----" in texts[key]):
+            raise SettingsError([(key, f"{key}: {str(path)!r} holds no PEM {kind.lower()} ('-----BEGIN {kind}')")])
+    try:
+        ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER).load_cert_chain(Path(s.gateway_tls_cert).expanduser(),
+                                                                 Path(s.gateway_tls_key).expanduser())
+    except ssl.SSLError as exc:
+        why = exc.reason or exc
+        raise SettingsError([("gateway_tls_key", f"gateway_tls_key does not load with gateway_tls_cert ({why}): it "
+                                                 "must be that certificate's private key, unencrypted PEM")])
+    cert, key = texts["gateway_tls_cert"], texts["gateway_tls_key"]
+    return cert.rstrip("\n") + "\n" + key.rstrip("\n") + "\n"
 
 
 def parse_value(raw: str) -> Any:

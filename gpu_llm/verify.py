@@ -230,9 +230,11 @@ def verify(url: str, model: str | None, api_key: str | None, timeout_s: float,
     return result
 
 
-def _report(url: str, model: str | None, api_key_file: str | None, timeout_s: float, smoke: bool = True) -> int:
+def _report(url: str, model: str | None, api_key_file: str | None, timeout_s: float, smoke: bool = True,
+            cacert: str | None = None) -> int:
     """Run verify() and print its outcome as one JSON line; 0 when it passed, 1 otherwise."""
     try:
+        use_cacert(cacert)
         result = verify(url, model, read_api_key(api_key_file), timeout_s, smoke)
     except VerifyError as exc:
         print(json.dumps({"ok": False, "url": url, "model": model, "error": str(exc)}))
@@ -241,8 +243,24 @@ def _report(url: str, model: str | None, api_key_file: str | None, timeout_s: fl
     return 0
 
 
+def add_cacert(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--cacert", metavar="PATH", help="CA bundle (PEM) to verify an https:// URL with, e.g. a "
+                        "gateway's private CA (default: the system's, or $REQUESTS_CA_BUNDLE)")
+
+
+def use_cacert(path: str | None) -> None:
+    """Make every requests session of this process verify HTTPS with `path` (requests reads REQUESTS_CA_BUNDLE per
+    request: https://requests.readthedocs.io/en/latest/user/advanced/#ssl-cert-verification)."""
+    if path is None:
+        return
+    if not os.path.isfile(path):
+        raise VerifyError(f"--cacert {path}: no such file")
+    os.environ["REQUESTS_CA_BUNDLE"] = path
+
+
 def _add_common(parser: argparse.ArgumentParser, timeout_default: float) -> None:
     parser.add_argument("--api-key-file", metavar="PATH", help=f"file holding the API key (else ${API_KEY_ENV})")
+    add_cacert(parser)
     parser.add_argument(
         "--timeout", type=float, default=timeout_default, metavar="S",
         help=f"seconds to wait for /health (default {timeout_default:g})",
@@ -257,7 +275,8 @@ def register(subparsers: Any) -> None:
     parser.add_argument("url", help="server URL, e.g. http://HOST:8000")
     parser.add_argument("--model", help="served model name (default: the first one /v1/models lists)")
     _add_common(parser, timeout_default=60)
-    parser.set_defaults(func=lambda args: _report(args.url, args.model, args.api_key_file, args.timeout))
+    parser.set_defaults(func=lambda args: _report(args.url, args.model, args.api_key_file, args.timeout,
+                                                  cacert=args.cacert))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -269,7 +288,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="only wait for /health (deploy setting vllm_smoke_test: false)")
     _add_common(parser, timeout_default=1200)  # as gpu_llm.defaults' vllm_health_timeout
     args = parser.parse_args(argv)
-    return _report(args.url, args.model, args.api_key_file, args.timeout, args.smoke)
+    return _report(args.url, args.model, args.api_key_file, args.timeout, args.smoke, args.cacert)
 
 
 if __name__ == "__main__":

@@ -8,12 +8,13 @@ from pyinfra.context import ctx_host, ctx_inventory
 
 from gpu_llm import gateway as gw
 from gpu_llm.deploys import host_settings
-from gpu_llm.layout import GATEWAY_UNIT, GATEWAY_UNIT_FILE, gateway_auth_path
+from gpu_llm.layout import (GATEWAY_TLS_PACKAGE, GATEWAY_TLS_UNIT, GATEWAY_TLS_UNIT_FILE, GATEWAY_UNIT,
+                            GATEWAY_UNIT_FILE, gateway_auth_path, gateway_tls_config_path, gateway_tls_pem_path)
 from gpu_llm.operations import files as gpu_files
 from gpu_llm.operations import gateway as gateway_ops
 from gpu_llm.operations import model as model_ops
 from gpu_llm.operations import packages
-from gpu_llm.settings import SettingsError, api_key, for_host
+from gpu_llm.settings import SettingsError, api_key, for_host, gateway_tls_pem
 
 
 def _groups(h) -> tuple[str, ...]:  # noqa: ANN001
@@ -53,9 +54,13 @@ def fleet_checks() -> None:
     pyinfra prepares the run, so nothing has changed on any host."""
     if not ctx_inventory.get().get_group(gw.GATEWAYS, None):
         return
-    problems = gw.fleet_problems(fleet())
+    hosts = fleet()
+    problems = gw.fleet_problems(hosts)
     if problems:
         raise SettingsError(problems)
+    for h in hosts:  # the certificate and key must load as a pair on the deploying machine
+        if gw.is_gateway(h.groups):
+            gateway_tls_pem(h.settings)
 
 
 @deploy("Wait for the GPU hosts")
@@ -79,10 +84,27 @@ def gateway() -> None:
     gpu_files.directory(name="Create the gpu-llm config directory", path=s.vllm_config_dir, mode="755")
     model_ops.secret_file(name="Store the gateway's check key (0600)", path=gateway_auth_path(s),
                           content=HiddenValue(f"Authorization: Bearer {key}\n") if key else None)
-    gateway_ops.router(name=f"Run vllm-router on port {s.gateway_port} in front of {len(urls)} backend(s)",
+    pem = gateway_tls_pem(s)
+    if pem is None:
+        gateway_ops.tls_front(name="Remove the gateway's HTTPS front (plain HTTP)", unit=GATEWAY_TLS_UNIT,
+                              unit_file=GATEWAY_TLS_UNIT_FILE, unit_content=b"",
+                              config_path=gateway_tls_config_path(s), config=None)
+        model_ops.secret_file(name="Remove the gateway's TLS key", path=gateway_tls_pem_path(s), content=None)
+    router_bind, router_port = gw.router_listen(s)
+    gateway_ops.router(name=f"Run vllm-router on {router_bind}:{router_port} in front of {len(urls)} backend(s)",
                        unit=GATEWAY_UNIT, unit_file=GATEWAY_UNIT_FILE,
                        content=gw.unit_text(s.gateway_venv, gw.router_args(urls, s)),
                        venv_changed=venv.did_change)
+    if pem is not None:
+        packages.packages(name="Install HAProxy for the gateway's HTTPS", packages=[GATEWAY_TLS_PACKAGE],
+                          update=True)
+        cert = model_ops.secret_file(name="Store the gateway's certificate and key (0600)",
+                                     path=gateway_tls_pem_path(s), content=HiddenValue(pem))
+        gateway_ops.tls_front(name=f"Serve HTTPS on port {s.gateway_port} (HAProxy in front of vllm-router)",
+                              unit=GATEWAY_TLS_UNIT, unit_file=GATEWAY_TLS_UNIT_FILE,
+                              unit_content=gw.tls_unit_text(gateway_tls_config_path(s)),
+                              config_path=gateway_tls_config_path(s),
+                              config=gw.haproxy_config(s, gateway_tls_pem_path(s)), restart_when=cert.did_change)
     gateway_ops.verified(name="Verify the gateway end to end", port=s.gateway_port,
                          header_file=gateway_auth_path(s), model=s.vllm_served_model_name, backends=len(urls),
-                         timeout_s=s.vllm_health_timeout)
+                         timeout_s=s.vllm_health_timeout, tls_pem=gateway_tls_pem_path(s) if pem else None)

@@ -15,6 +15,7 @@ from gpu_llm.plan import ServeConfig, gpus_needed, required_cuda
 from gpu_llm.plan.types import QWEN3_32B_AWQ
 
 GIB = 1024**3
+SERVICE_HOST_GIB = 2.0  # a host without the GPU stack holds venvs (vllm-router: ~60 MiB) and a few packages
 
 
 @lru_cache(maxsize=None)
@@ -54,4 +55,19 @@ def preflight() -> None:
                                 open_modules=s.nvidia_driver_open, replace=s.nvidia_driver_replace,
                                 required_cuda=required_cuda(ServeConfig.from_settings(s)))
     # the one repair preflight makes, after every check passed: apt cannot install anything until it is done
+    preflight_ops.dpkg_finished(name="Finish an interrupted dpkg run")
+
+
+@deploy("Check the host (preflight, no GPU stack)")
+def service_preflight() -> None:
+    """Hosts that get no GPU stack (only in group `gateways`): OS, architecture, root and some free disk, checked
+    before anything changes on them. GPU hosts run preflight() instead."""
+    from gpu_llm.deploys.gateway import gpu_host
+
+    if gpu_host():
+        return
+    s = host_settings()
+    preflight_ops.check(name="Check the host can run gpu-llm's services", supported_os=list(s.preflight_supported_os),
+                        required_gib=SERVICE_HOST_GIB, require_gpu=False, gpus_needed=(0, ""),
+                        disk_for="venvs and packages")
     preflight_ops.dpkg_finished(name="Finish an interrupted dpkg run")

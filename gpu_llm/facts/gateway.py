@@ -8,23 +8,37 @@ from typing import Any
 
 from pyinfra.api import FactBase, QuoteString, StringCommand
 
-# Runs on the gateway host (python3's standard library); argv: port, header file, model, timeout seconds.
+# Runs on the gateway host (python3's standard library); argv: port, header file, model, timeout seconds, and with
+# HTTPS the PEM file whose first certificate the gateway must serve (checked byte for byte: the name in a user's
+# certificate need not be 127.0.0.1, so the chain is not verified here; clients verify it).
 CHECK = r"""
-import json, sys, time, urllib.request, urllib.error
+import json, socket, ssl, sys, time, urllib.request, urllib.error
 port, header_file, model, timeout = sys.argv[1], sys.argv[2], sys.argv[3], float(sys.argv[4])
+pem = sys.argv[5] if len(sys.argv) > 5 else ""
 name, _, value = open(header_file).read().strip().partition(": ")
-base = "http://127.0.0.1:%s" % port
+ctx = None
+if pem:
+    ctx = ssl.create_default_context()
+    ctx.check_hostname, ctx.verify_mode = False, ssl.CERT_NONE
+    text = open(pem).read()
+    want = ssl.PEM_cert_to_DER_cert(text[text.index("-----BEGIN CERTIFICATE"):text.index("-----END CERTIFICATE") + 25])
+base = "%s://127.0.0.1:%s" % ("https" if pem else "http", port)
 deadline, last = time.monotonic() + timeout, ""
 while True:
     try:
+        if pem:
+            with socket.create_connection(("127.0.0.1", int(port)), timeout=10) as raw, \
+                    ctx.wrap_socket(raw) as tls:
+                if tls.getpeercert(binary_form=True) != want:
+                    raise ValueError("the gateway serves another certificate than the one in %s" % pem)
         req = urllib.request.Request(base + "/v1/models", headers={name: value})
-        models = [m["id"] for m in json.load(urllib.request.urlopen(req, timeout=10))["data"]]
+        models = [m["id"] for m in json.load(urllib.request.urlopen(req, timeout=10, context=ctx))["data"]]
         if model not in models:
             raise ValueError("/v1/models lists %s, not %s" % (models, model))
         body = json.dumps({"model": model, "messages": [{"role": "user", "content": "ping"}], "max_tokens": 1})
         req = urllib.request.Request(base + "/v1/chat/completions", data=body.encode(),
                                      headers={name: value, "Content-Type": "application/json"})
-        answer = json.load(urllib.request.urlopen(req, timeout=30))
+        answer = json.load(urllib.request.urlopen(req, timeout=30, context=ctx))
         print(json.dumps({"ok": True, "models": models, "completion_tokens": answer["usage"]["completion_tokens"]}))
         break
     except urllib.error.HTTPError as exc:
@@ -45,9 +59,11 @@ class GatewayCheck(FactBase[dict]):
     def default() -> dict:
         return {"ok": False, "error": "the check printed nothing"}
 
-    def command(self, port: int, header_file: str, model: str, timeout_s: int) -> StringCommand:
+    def command(self, port: int, header_file: str, model: str, timeout_s: int,
+                tls_pem: str | None = None) -> StringCommand:
         return StringCommand("python3", "-c", QuoteString(CHECK), str(port), QuoteString(header_file),
-                             QuoteString(model), str(timeout_s), "2>&1", "||", "true")
+                             QuoteString(model), str(timeout_s), *([QuoteString(tls_pem)] if tls_pem else []),
+                             "2>&1", "||", "true")
 
     def process(self, output: list[str]) -> dict[str, Any]:
         for line in reversed(output):

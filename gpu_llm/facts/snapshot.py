@@ -9,6 +9,7 @@ from the settings (gpu_llm.layout.probe) and registered with `use()`.
 
 from __future__ import annotations
 
+import json
 import shlex
 from dataclasses import dataclass, field
 from typing import Any
@@ -102,13 +103,22 @@ def _services_command(names: tuple[str, ...]) -> str:
     return f"systemctl show -p Id -p ActiveState -p UnitFileState -- {units} 2>/dev/null; true"
 
 
-# One `docker ps` for what the deploy decides on (name, state, our two labels): no second `docker inspect`, and never
-# the containers' environment (the API key from the env file would reach pyinfra's -vvv output).
+# Docker's state from its own API on the socket, with curl: GET /containers/json?all=1 (names, state, labels) and GET
+# /images/json (tags, digests) cost ~6 ms of host CPU each, against ~16 ms for each of `docker ps` and `docker images`
+# (Go start-up; measured on the testbed). The list endpoint carries no environment, so the API key from the env file
+# never reaches pyinfra's -vvv output. API: https://docs.docker.com/reference/api/engine/version/v1.41/ (ContainerList,
+# ImageList; stable since v1.24). Without curl or the socket, the docker CLI gives the same fields, as before.
+API = "docker-api "
 PS_FORMAT = f'ctr|{{{{.Names}}}}|{{{{.State}}}}|{{{{.Label "{SPEC_LABEL}"}}}}|{{{{.Label "{MANAGED_LABEL}"}}}}'
-CONTAINERS_COMMAND = ("if command -v docker >/dev/null 2>&1; then "
-                      f"docker ps -a --no-trunc --format {shlex.quote(PS_FORMAT)} 2>/dev/null; "
-                      "docker images --digests --format 'image {{.Repository}}:{{.Tag}} {{.Repository}}@{{.Digest}}' "
-                      "2>/dev/null; fi; true")
+_SOCKET = "/var/run/docker.sock"
+CONTAINERS_COMMAND = (
+    f"if [ -S {_SOCKET} ] && command -v curl >/dev/null 2>&1; then "
+    f"printf '{API}containers '; curl -sf -m 20 --unix-socket {_SOCKET} 'http://docker/containers/json?all=1'; echo; "
+    f"printf '{API}images '; curl -sf -m 20 --unix-socket {_SOCKET} http://docker/images/json; echo; "
+    "elif command -v docker >/dev/null 2>&1; then "
+    f"docker ps -a --no-trunc --format {shlex.quote(PS_FORMAT)} 2>/dev/null; "
+    "docker images --digests --format 'image {{.Repository}}:{{.Tag}} {{.Repository}}@{{.Digest}}' "
+    "2>/dev/null; fi; true")
 
 
 def snapshot_command(probe: Probe) -> str:
@@ -190,18 +200,44 @@ def parse_services(lines: list[str]) -> dict[str, Service]:
     return out
 
 
+def _container(name: str, state: str, labels: dict[str, str]) -> dict[str, Any]:
+    """The parts of `docker inspect` the deploy reads."""
+    ours = {k: labels[k] for k in (SPEC_LABEL, MANAGED_LABEL) if labels.get(k)}
+    return {"Name": "/" + name, "Config": {"Labels": ours}, "State": {"Running": state == "running", "Status": state}}
+
+
+def _parse_api(lines: list[str]) -> tuple[list[dict[str, Any]], list[str]]:
+    containers: list[dict[str, Any]] = []
+    images: list[str] = []
+    for line in lines:
+        kind, _, body = line[len(API):].partition(" ")
+        try:
+            items = json.loads(body) if body.strip() else []
+        except ValueError:
+            items = []
+        for item in items if isinstance(items, list) else []:
+            if kind == "containers" and item.get("Names"):
+                containers.append(_container(item["Names"][0].lstrip("/"), item.get("State", ""),
+                                             item.get("Labels") or {}))
+            elif kind == "images":
+                images += [ref for ref in (item.get("RepoTags") or []) + (item.get("RepoDigests") or [])
+                           if not ref.startswith("<none>")]
+    return containers, images
+
+
 def parse_docker(lines: list[str]) -> tuple[list[dict[str, Any]], list[str]]:
-    """PS_FORMAT lines (one container each, as the parts of `docker inspect` the deploy reads) and
-    `image <repo:tag> <repo@digest>` lines."""
+    """Docker's API answers (`docker-api containers|images <JSON>`), or the CLI's PS_FORMAT lines (one container each)
+    and `image <repo:tag> <repo@digest>` lines."""
+    api = [line for line in lines if line.startswith(API)]
+    if api:
+        return _parse_api(api)
     images = [ref for line in lines if line.startswith("image ") for ref in line.split()[1:]
               if not ref.endswith((":<none>", "@<none>"))]
     containers = []
     for line in lines:
         bits = line.strip().split("|")
         if len(bits) == 5 and bits[0] == "ctr" and bits[1]:
-            labels = {k: v for k, v in ((SPEC_LABEL, bits[3]), (MANAGED_LABEL, bits[4])) if v}
-            containers.append({"Name": "/" + bits[1], "Config": {"Labels": labels},
-                               "State": {"Running": bits[2] == "running", "Status": bits[2]}})
+            containers.append(_container(bits[1], bits[2], {SPEC_LABEL: bits[3], MANAGED_LABEL: bits[4]}))
     return containers, images
 
 

@@ -94,14 +94,70 @@ def router(unit: str, unit_file: str, content: bytes, venv_changed: Callable[[],
     yield from commands
 
 
+def _holds(now: snapshot.HostState, path: str, content: bytes) -> bool:
+    current = now.files.get(path)
+    return current is not None and current.kind == "file" and current.sha256 == hashlib.sha256(content).hexdigest()
+
+
+@operation()
+def tls_front(unit: str, unit_file: str, unit_content: bytes, config_path: str, config: bytes | None,
+              restart_when: Callable[[], bool] = lambda: False):
+    """
+    HTTPS in front of the router: `config_path` holds HAProxy's `config` and `unit` (from `unit_content`) runs
+    enabled, restarted when either changed or `restart_when()` (the certificate); `config=None` (plain HTTP): the
+    unit is stopped, disabled and its files removed.
+
+    **Example:**
+
+    .. code:: python
+
+        tls_front(name="Serve HTTPS", unit="gpu-llm-gateway-tls.service", unit_file="/etc/systemd/system/...",
+                  unit_content=b"[Unit]...", config_path="/etc/gpu-llm/gateway-tls.cfg", config=b"global...")
+    """
+    now = snapshot.current(host)
+    service = now.service(unit)
+    if config is None:
+        present = [p for p in (unit_file, config_path) if p in now.files and now.files[p].kind != "absent"]
+        if not present and service.active != "active" and service.enabled != "enabled":
+            host.noop(f"{unit} is absent (plain HTTP)")
+            return
+        if service.active == "active" or service.enabled == "enabled":
+            yield StringCommand("systemctl", "disable", "--now", QuoteString(unit))
+        if present:
+            yield StringCommand("rm", "-f", *(QuoteString(p) for p in present))
+            yield StringCommand("systemctl", "daemon-reload")
+        return
+    if not now.systemd:
+        yield fail("the gateway runs as a systemd service and systemd is not PID 1 on this host")
+        return
+    unit_changed = not _holds(now, unit_file, unit_content)
+    config_changed = not _holds(now, config_path, config)
+    commands: list = []
+    if config_changed:
+        commands += [FileUploadCommand(BytesIO(config), config_path), StringCommand("chmod", "644", QuoteString(config_path))]
+    if unit_changed:
+        commands += [FileUploadCommand(BytesIO(unit_content), unit_file), StringCommand("chmod", "644", QuoteString(unit_file))]
+    commands += service_commands(unit, True, service.active, service.enabled, running=True, is_enabled=True,
+                                 restarted=service.active == "active" and (unit_changed or config_changed or restart_when()),
+                                 daemon_reload=unit_changed)
+    if not commands:
+        host.noop(f"{unit} is active with its current configuration and certificate")
+        return
+    yield from commands
+
+
 @operation(is_idempotent=False)
-def verified(port: int, header_file: str, model: str, backends: int, timeout_s: int = 120):
+def verified(port: int, header_file: str, model: str, backends: int, timeout_s: int = 120, tls_pem: str | None = None):
     """Through the gateway: /v1/models lists `model` and one 1-token chat completion answers (the key from the
-    0600 header file, never on a command line). A check: never a change; a failure fails the host."""
+    0600 header file, never on a command line); with `tls_pem`, over HTTPS, and the certificate served must be the
+    first one in that file. A check: never a change; a failure fails the host."""
     if not state.is_executing:
         return
-    result = host.get_fact(GatewayCheck, port=port, header_file=header_file, model=model, timeout_s=timeout_s)
+    result = host.get_fact(GatewayCheck, port=port, header_file=header_file, model=model, timeout_s=timeout_s,
+                           tls_pem=tls_pem)
+    scheme = "https" if tls_pem else "http"
     if result.get("ok"):
-        host.log(f"gateway on 127.0.0.1:{port} answers for {model} ({backends} backend(s)): {json.dumps(result)}")
+        host.log(f"gateway on {scheme}://127.0.0.1:{port} answers for {model} ({backends} backend(s)): "
+                 f"{json.dumps(result)}")
         return
-    yield fail(f"gateway check on 127.0.0.1:{port} failed: {result.get('error') or result}")
+    yield fail(f"gateway check on {scheme}://127.0.0.1:{port} failed: {result.get('error') or result}")

@@ -30,11 +30,13 @@ def source_file(filename: str) -> str:
 
 
 @operation()
-def packages(packages: list[str]):
+def packages(packages: list[str], update: bool = False):
     """
     Install apt `packages` that are missing (apt.packages(packages=...) with its defaults).
 
     + packages: package names, "name=version" for an exact version; each name must be in the snapshot's probe
+    + update: refresh apt's lists first, only when something is to be installed (apt.packages(update=True) would
+      refresh on every run)
 
     **Example:**
 
@@ -42,10 +44,13 @@ def packages(packages: list[str]):
 
         packages.packages(name="Install python3-venv", packages=["python3-venv"])
     """
-    yield from ensure_packages(host, packages, snapshot.current(host).packages, True,
-                               install_command=apt_get("install"),
-                               uninstall_command=apt_get("remove"),
-                               upgrade_command=apt_get("install"), version_join="=")
+    commands = list(ensure_packages(host, packages, snapshot.current(host).packages, True,
+                                    install_command=apt_get("install"),
+                                    uninstall_command=apt_get("remove"),
+                                    upgrade_command=apt_get("install"), version_join="="))
+    if commands and update:
+        yield StringCommand(apt_get("update"))
+    yield from commands
 
 
 @operation()

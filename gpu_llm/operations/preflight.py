@@ -14,7 +14,7 @@ KIB_PER_GIB = 1024 * 1024
 
 
 def problems(info: HostPreflight, supported_os: list[str], required_gib: float, require_gpu: bool,
-             gpus_needed: tuple[int, str] = (1, "")) -> list[str]:
+             gpus_needed: tuple[int, str] = (1, ""), disk_for: str = "model + preflight_image_gib") -> list[str]:
     """Every reason this host cannot be provisioned (empty: it can)."""
     found = []
     if info.os_id not in supported_os:
@@ -28,7 +28,7 @@ def problems(info: HostPreflight, supported_os: list[str], required_gib: float, 
     free_gib = info.free_kib / KIB_PER_GIB
     if free_gib < required_gib:
         found.append(f"{free_gib:.1f} GiB free on {info.mount or '?'} (holding {info.checked_path or '?'}), "
-                     f"{required_gib:.1f} GiB needed (model + preflight_image_gib)")
+                     f"{required_gib:.1f} GiB needed ({disk_for})")
     if require_gpu and not info.pci_gpus:
         found.append("no NVIDIA GPU on the PCI bus (vendor 0x10de, display class); "
                      "set preflight_require_gpu: false to provision a GPU-less host")
@@ -45,7 +45,7 @@ def summary(info: HostPreflight, required_gib: float) -> str:
 
 @operation()
 def check(supported_os: list[str], required_gib: float, require_gpu: bool = True,
-          gpus_needed: tuple[int, str] = (1, "")):
+          gpus_needed: tuple[int, str] = (1, ""), disk_for: str = "model + preflight_image_gib"):
     """
     Refuse the host (failing this operation, changing nothing) unless it can run gpu-llm.
 
@@ -54,6 +54,7 @@ def check(supported_os: list[str], required_gib: float, require_gpu: bool = True
     + required_gib: free GiB needed there (model + image)
     + require_gpu: refuse when no NVIDIA GPU is on the PCI bus
     + gpus_needed: (count, setting): refuse when the settings ask for more GPUs than the PCI bus shows
+    + disk_for: what the free space is for (in the refusal)
 
     **Example:**
 
@@ -62,7 +63,7 @@ def check(supported_os: list[str], required_gib: float, require_gpu: bool = True
         preflight.check(name="Check the host can run gpu-llm", supported_os=["ubuntu-24.04"], required_gib=44)
     """
     info = snapshot.current(host).preflight
-    found = problems(info, supported_os, required_gib, require_gpu, gpus_needed)
+    found = problems(info, supported_os, required_gib, require_gpu, gpus_needed, disk_for)
     if found:
         yield refuse("preflight failed: " + "; ".join(found))
     else:

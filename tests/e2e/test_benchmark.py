@@ -35,8 +35,18 @@ def test_rerun_benchmark_writes_sane_numbers(testbed: Testbed, tmp_path: Path,
     assert cmds["a"]["total"] == 1 and len(saved["remote_commands_b"]) == cmds["b"]["total"]
     assert cmds["b"]["hosts"] == 1 and cmds["c"]["hosts"] == HOSTS
     assert cmds["c"]["per_host_max"] == cmds["b"]["total"]
+    assert cmds["b_inspect"]["total"] == cmds["b"]["total"] and cmds["a_all"]["hosts"] == HOSTS
+    cpu = saved["cpu_s"]["median"]
+    assert cpu["c"]["controller"] > 0 and cpu["b"]["controller"] > 0
+    assert cpu["c"]["hosts"] is None or cpu["c"]["hosts"] > cpu["b"]["hosts"] >= 0  # 3 hosts' snapshots vs 1
     assert cmds["b"]["total"] <= 4, saved["remote_commands_b"]
     with capsys.disabled():  # into CI's log even under -q
         print(f"\nrerun benchmark ({HOSTS} hosts, {REPS} reps, medians a {med['a']:.2f} s, b {med['b']:.2f} s, "
               f"c {med['c']:.2f} s; {cmds['b']['total']} remote commands per no-op host):\n"
-              f"b/a = {saved['ratios']['b/a']:.2f}\nc/b = {saved['ratios']['c/b']:.2f}", flush=True)
+              f"b/a = {saved['ratios']['b/a']:.2f}\nc/b = {saved['ratios']['c/b']:.2f}\n"
+              f"a_all/a = {saved['ratios']['a_all/a']:.2f} (the floor on {HOSTS} hosts vs 1)\n"
+              f"b_inspect/b = {saved['ratios']['b_inspect/b']:.2f}, c_inspect/c = {saved['ratios']['c_inspect/c']:.2f} "
+              "(pyinfra's own operation-order walk vs gpu_llm/op_order.py)\n"
+              f"CPU of c: controller {saved['cpu_s']['median']['c']['controller']:.2f} s + hosts "
+              f"{saved['cpu_s']['median']['c']['hosts'] or 0:.2f} s on {saved['cpu_bound']['cores']} cores: "
+              f"c >= {saved['cpu_bound']['c_min_s']:.2f} s, c_min/b = {saved['cpu_bound']['c_min/b']:.2f}", flush=True)

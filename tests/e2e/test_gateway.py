@@ -8,7 +8,10 @@ Steps in file order (a failed step skips the rest):
   3. a third GPU host added -> the gateway's unit is rewritten and restarted, the new host takes traffic; a re-run
      changes nothing;
   4. `gpu-llm bench` through the gateway with 2 backends vs 1 (each stand-in runs --max-num-seqs 2 at once): the
-     throughput ratio is printed.
+     throughput ratio is printed;
+  5. HTTPS with a user's certificate (gateway_tls_cert/key; HAProxy in front of the router): requests, streaming,
+     401 and `gpu-llm verify --cacert` over https, no plain HTTP left on the port, a re-run changes nothing; unset
+     -> plain HTTP again and the HTTPS front removed.
 Run alone: GPU_LLM_TESTBED_ID=5 .venv/bin/python -m pytest -m e2e tests/e2e/test_gateway.py -s -q
 """
 
@@ -130,7 +133,7 @@ def test_1_requests_through_the_gateway_reach_both_backends(fleet: Fleet) -> Non
     assert fleet.chat(key="wrong-key-123456").status_code == 401
     models = requests.get(f"{fleet.url}/v1/models", headers=AUTH, timeout=10)
     assert models.status_code == 200 and [m["id"] for m in models.json()["data"]] == ["coder"]
-    assert "gateway on 127.0.0.1:8080 answers for coder (2 backend(s))" in result.output
+    assert "gateway on http://127.0.0.1:8080 answers for coder (2 backend(s))" in result.output
     verify = subprocess.run([str(PROJECT / ".venv" / "bin" / "gpu-llm"), "verify", fleet.url, "--api-key-file",
                              str(fleet.key_file), "--timeout", "30"], capture_output=True, text=True, timeout=120)
     assert verify.returncode == 0 and json.loads(verify.stdout.splitlines()[-1])["ok"], verify.stdout + verify.stderr
@@ -187,7 +190,7 @@ def test_3_a_third_gpu_host_is_added_to_the_gateway(fleet: Fleet) -> None:
     assert result.rc == 0 and result.errors == 0, _ok(result)
     unit = fleet.gw.ssh("cat /etc/systemd/system/gpu-llm-gateway.service", check=True).stdout
     assert f"http://{third.ip}:8000" in unit
-    assert "gateway on 127.0.0.1:8080 answers for coder (3 backend(s))" in result.output
+    assert "gateway on http://127.0.0.1:8080 answers for coder (3 backend(s))" in result.output
     before = fleet.served(third)
     for _ in range(9):
         assert fleet.chat().status_code == 200
@@ -231,3 +234,55 @@ def test_4_bench_through_the_gateway_two_backends_vs_one(fleet: Fleet, tmp_path:
           f"2 backends {two['output_tok_s']:.1f} tok/s, 1 backend {one['output_tok_s']:.1f} tok/s, ratio {ratio:.2f}")
     assert two["errors"] == 0 and one["errors"] == 0
     assert ratio > 1.5, "two backends should serve about twice what one does"
+
+
+def _gateway_cert(fleet: Fleet) -> tuple[Path, Path, Path]:
+    """A certificate for the gateway's address signed by the testbed CA: (cert, key, CA to verify it with)."""
+    keys = fleet.testbed.cfg.cache / "keys"
+    d = fleet.tmp
+    (d / "san.cnf").write_text(f"subjectAltName=IP:{fleet.gw.ip}\n")
+    for cmd in (["openssl", "req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=gpu-llm gateway", "-keyout",
+                 str(d / "gw.key"), "-out", str(d / "gw.csr")],
+                ["openssl", "x509", "-req", "-in", str(d / "gw.csr"), "-CA", str(keys / "ca.crt"), "-CAkey",
+                 str(keys / "ca.key"), "-CAcreateserial", "-days", "2", "-extfile", str(d / "san.cnf"),
+                 "-out", str(d / "gw.crt")]):
+        subprocess.run(cmd, check=True, capture_output=True)
+    return d / "gw.crt", d / "gw.key", keys / "ca.crt"
+
+
+def test_5_https_with_a_user_certificate_then_back_to_http(fleet: Fleet, tmp_path: Path) -> None:
+    fleet.need("third")
+    cert, key, ca = _gateway_cert(fleet)
+    fleet.data[fleet.gw.name].update(gateway_tls_cert=str(cert), gateway_tls_key=str(key))
+    try:
+        result = fleet.deploy()
+        assert result.rc == 0 and result.errors == 0, _ok(result) + fleet.gw.ssh(
+            "journalctl -u gpu-llm-gateway-tls --no-pager | tail -30").stdout
+        assert "gateway on https://127.0.0.1:8080 answers for coder (3 backend(s))" in result.output
+        assert "PRIVATE KEY" not in result.output
+        assert fleet.gw.ssh("stat -c '%a %U' /etc/gpu-llm/gateway-tls.pem", check=True).stdout.split() == ["600", "root"]
+        https = f"https://{fleet.gw.ip}:8080"
+        body = {"model": "coder", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 6}
+        ok = requests.post(f"{https}/v1/chat/completions", json=body, headers=AUTH, verify=str(ca), timeout=30)
+        assert ok.status_code == 200, ok.text
+        assert requests.post(f"{https}/v1/chat/completions", json=body, verify=str(ca), timeout=30).status_code == 401
+        with requests.post(f"{https}/v1/chat/completions", json={**body, "stream": True}, headers=AUTH,
+                           verify=str(ca), timeout=30, stream=True) as streamed:
+            events = [line for line in streamed.iter_lines() if line.startswith(b"data: ")]
+        assert len(events) >= 3 and events[-1] == b"data: [DONE]", events
+        with pytest.raises(requests.exceptions.ConnectionError):  # no plain HTTP on the gateway's port any more
+            requests.get(f"{fleet.url}/v1/models", headers=AUTH, timeout=10)
+        verify = subprocess.run([str(PROJECT / ".venv" / "bin" / "gpu-llm"), "verify", https, "--api-key-file",
+                                 str(fleet.key_file), "--cacert", str(ca), "--timeout", "30"],
+                                capture_output=True, text=True, timeout=120)
+        assert verify.returncode == 0 and json.loads(verify.stdout.splitlines()[-1])["ok"], verify.stdout + verify.stderr
+        again = fleet.deploy()
+        assert again.rc == 0 and again.changed == 0, f"changed {again.changed_ops}\n{_ok(again)}"
+    finally:
+        fleet.data[fleet.gw.name].pop("gateway_tls_cert")
+        fleet.data[fleet.gw.name].pop("gateway_tls_key")
+    back = fleet.deploy()
+    assert back.rc == 0 and back.errors == 0, _ok(back)
+    assert "gateway on http://127.0.0.1:8080 answers for coder (3 backend(s))" in back.output
+    assert fleet.gw.ssh("ls /etc/gpu-llm/gateway-tls.pem /etc/systemd/system/gpu-llm-gateway-tls.service").returncode != 0
+    assert fleet.chat().status_code == 200

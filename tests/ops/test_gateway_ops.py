@@ -58,3 +58,43 @@ def test_venv_marker_makes_reinstall_a_noop() -> None:
     r = run(ops.venv, facts(None), path="/opt/gw", requirement="vllm-router==0.1.17", pip_args=["--no-index"])
     assert r.commands[0] == "python3 -m venv /opt/gw"
     assert r.commands[1] == "/opt/gw/bin/pip install --quiet --disable-pip-version-check --no-index vllm-router==0.1.17"
+
+
+TLS_UNIT, TLS_UNIT_FILE = "gpu-llm-gateway-tls.service", "/etc/systemd/system/gpu-llm-gateway-tls.service"
+TLS_CFG, TLS_CONFIG = "/etc/gpu-llm/gateway-tls.cfg", b"frontend x\n"
+
+
+def tls_facts(unit: bytes | None, config: bytes | None, active: str = "active", enabled: str = "enabled") -> dict:
+    def state(content: bytes | None) -> FileState:
+        return FileState("file", 644, "root", "root", hashlib.sha256(content).hexdigest()) if content else \
+            FileState("absent", parent_dir=True)
+    return {"Systemd": True, "FileStates": {TLS_UNIT_FILE: state(unit), TLS_CFG: state(config)},
+            "Services": {TLS_UNIT: Service(active, enabled)}}
+
+
+def tls(facts_: dict, config: bytes | None = TLS_CONFIG, restart_when: Any = lambda: False) -> opkit.Result:
+    return run(ops.tls_front, facts_, unit=TLS_UNIT, unit_file=TLS_UNIT_FILE, unit_content=CONTENT,
+               config_path=TLS_CFG, config=config, restart_when=restart_when)
+
+
+def test_https_front_is_written_enabled_started_then_a_noop() -> None:
+    r = tls(tls_facts(None, None, "inactive", ""))
+    assert r.commands[1:2] == [f"chmod 644 {TLS_CFG}"] and r.commands[3:] == [
+        f"chmod 644 {TLS_UNIT_FILE}", "systemctl daemon-reload", f"systemctl enable {TLS_UNIT}", f"systemctl start {TLS_UNIT}"]
+    r = tls(tls_facts(CONTENT, TLS_CONFIG))
+    assert r.commands == [] and "active with its current configuration and certificate" in r.noops[0]
+
+
+def test_https_front_restarts_on_a_new_config_or_certificate_only() -> None:
+    r = tls(tls_facts(CONTENT, b"old\n"))
+    assert r.commands[-1] == f"systemctl restart {TLS_UNIT}" and "systemctl daemon-reload" not in r.commands
+    r = tls(tls_facts(CONTENT, TLS_CONFIG), restart_when=lambda: True)
+    assert r.commands == [f"systemctl restart {TLS_UNIT}"]
+
+
+def test_plain_http_removes_the_https_front_once() -> None:
+    r = tls(tls_facts(CONTENT, TLS_CONFIG), config=None)
+    assert r.commands == [f"systemctl disable --now {TLS_UNIT}", f"rm -f {TLS_UNIT_FILE} {TLS_CFG}",
+                          "systemctl daemon-reload"]
+    r = tls(tls_facts(None, None, "inactive", ""), config=None)
+    assert r.commands == [] and "absent (plain HTTP)" in r.noops[0]

@@ -63,6 +63,19 @@ def test_preflight_gpu_less_host_allowed_when_not_required():
     assert run(preflight.check, {"Preflight": info}, require_gpu=False, **ARGS).commands == []
 
 
+def test_preflight_of_a_host_without_the_gpu_stack_names_what_the_disk_is_for():
+    """deploys.preflight.service_preflight's arguments: no GPU needed, a little disk, the OS still checked."""
+    from gpu_llm.deploys.preflight import SERVICE_HOST_GIB
+
+    args = {"supported_os": ["ubuntu-24.04"], "required_gib": SERVICE_HOST_GIB, "require_gpu": False,
+            "gpus_needed": (0, ""), "disk_for": "venvs and packages"}
+    assert run(preflight.check, {"Preflight": HostPreflight(**{**GOOD.__dict__, "pci_gpus": []})}, **args).commands == []
+    low = HostPreflight(**{**GOOD.__dict__, "pci_gpus": [], "free_kib": 1024 * 1024, "os_id": "debian-12"})
+    refusal = run(preflight.check, {"Preflight": low}, **args).commands[0]
+    assert "1.0 GiB free on / (holding /home), 2.0 GiB needed (venvs and packages)" in refusal
+    assert "unsupported OS" in refusal
+
+
 def test_preflight_refusal_is_announced_while_planning():
     info = HostPreflight(**{**GOOD.__dict__, "arch": "aarch64"})
     r = run(preflight.check, {"Preflight": info}, executing=False, **ARGS)

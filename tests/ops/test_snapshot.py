@@ -8,6 +8,8 @@ from pathlib import Path
 
 from gpu_llm.facts.snapshot import HostSnapshot, Probe, parse_snapshot, snapshot_command, split_parts
 
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
+
 
 def test_one_command_reads_every_part_on_a_real_shell(tmp_path: Path) -> None:
     model = tmp_path / "model"
@@ -96,4 +98,25 @@ def test_container_part_carries_no_environment() -> None:
     """The API key reaches the container through its env file: the snapshot must not read Config.Env back."""
     from gpu_llm.facts.snapshot import CONTAINERS_COMMAND
 
-    assert "docker ps" in CONTAINERS_COMMAND and "inspect" not in CONTAINERS_COMMAND and "Env" not in CONTAINERS_COMMAND
+    assert "/containers/json" in CONTAINERS_COMMAND and "docker ps" in CONTAINERS_COMMAND
+    assert "inspect" not in CONTAINERS_COMMAND and "Env" not in CONTAINERS_COMMAND
+    assert "Env" not in (FIXTURES / "docker" / "snapshot-api.txt").read_text()
+
+
+def test_docker_api_and_cli_answers_parse_to_the_same_state() -> None:
+    """Recorded on a converged testbed host (tests/fixtures/docker/README.md): curl on Docker's socket, and the CLI
+    where curl is missing."""
+    from gpu_llm.facts.snapshot import parse_docker
+
+    api = parse_docker((FIXTURES / "docker" / "snapshot-api.txt").read_text().splitlines())
+    cli = parse_docker((FIXTURES / "docker" / "snapshot-cli.txt").read_text().splitlines())
+    assert api == cli
+    (coder,), images = api
+    assert coder["Name"] == "/coder" and coder["State"] == {"Running": True, "Status": "running"}
+    assert set(coder["Config"]["Labels"]) == {"gpu-llm.spec-hash", "gpu-llm.managed"}
+    assert images == ["vllm/vllm-openai:v0.11.0"]
+    stopped = parse_docker(['docker-api containers [{"Names": ["/x"], "State": "exited", "Labels": {}}]',
+                            'docker-api images [{"RepoTags": ["<none>:<none>"], "RepoDigests": ["a/b@sha256:1"]}]'])
+    assert stopped == ([{"Name": "/x", "Config": {"Labels": {}}, "State": {"Running": False, "Status": "exited"}}],
+                       ["a/b@sha256:1"])
+    assert parse_docker(["docker-api containers ", "docker-api images "]) == ([], [])  # daemon down: curl -f fails

@@ -66,3 +66,54 @@ def test_gateway_settings_are_validated() -> None:
     with pytest.raises(SettingsError) as err:
         from_data({"gateway_extra_backends": ["10.0.0.1:8000"]})
     assert "gateway_extra_backends item '10.0.0.1:8000'" in str(err.value)
+
+
+def _pair(d, name: str) -> tuple[str, str]:  # noqa: ANN001
+    import subprocess
+
+    cert, key = d / f"{name}.crt", d / f"{name}.key"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=gw.test",
+                    "-keyout", str(key), "-out", str(cert)], check=True, capture_output=True)
+    return str(cert), str(key)
+
+
+def test_https_settings_come_as_a_loadable_pair(tmp_path) -> None:  # noqa: ANN001
+    import pytest
+
+    from gpu_llm.settings import SettingsError, gateway_tls_pem
+
+    cert, key = _pair(tmp_path, "a")
+    _, other_key = _pair(tmp_path, "b")
+    assert gateway_tls_pem(from_data({})) is None
+    pem = gateway_tls_pem(from_data({"gateway_tls_cert": cert, "gateway_tls_key": key}))
+    assert pem.index("BEGIN CERTIFICATE") < pem.index("PRIVATE KEY") and pem.endswith("-----\n")
+    with pytest.raises(SettingsError) as exc:
+        gateway_tls_pem(from_data({"gateway_tls_cert": cert, "gateway_tls_key": other_key}))
+    assert exc.value.problems[0][0] == "gateway_tls_key" and "does not load with gateway_tls_cert" in str(exc.value)
+    with pytest.raises(SettingsError) as exc:
+        gateway_tls_pem(from_data({"gateway_tls_cert": str(tmp_path / "missing.crt"), "gateway_tls_key": key}))
+    assert exc.value.problems[0][0] == "gateway_tls_cert" and "cannot read" in str(exc.value)
+    with pytest.raises(SettingsError) as exc:
+        gateway_tls_pem(from_data({"gateway_tls_cert": key, "gateway_tls_key": key}))  # a key is no certificate
+    assert exc.value.problems[0][0] == "gateway_tls_cert"
+    with pytest.raises(SettingsError) as exc:
+        from_data({"gateway_tls_cert": cert})
+    assert exc.value.problems[0][0] == "gateway_tls_cert" and "together" in str(exc.value)
+    with pytest.raises(SettingsError) as exc:
+        from_data({"gateway_tls_cert": cert, "gateway_tls_key": key, "gateway_router_port": 8080})
+    assert exc.value.problems[0][0] == "gateway_router_port"
+
+
+def test_https_puts_haproxy_on_the_gateway_port_and_the_router_behind_it() -> None:
+    plain = from_data({"gateway_port": 8443, "gateway_bind": "10.0.0.9"})
+    assert gw.router_listen(plain) == ("10.0.0.9", 8443) and not gw.tls(plain)
+    s = from_data({"gateway_port": 8443, "gateway_bind": "10.0.0.9", "gateway_tls_cert": "/c.pem",
+                   "gateway_tls_key": "/k.pem", "gateway_router_port": 18001})
+    assert gw.tls(s) and gw.router_listen(s) == ("127.0.0.1", 18001)
+    args = gw.router_args(["http://a:8000"], s)
+    assert args[:4] == ["--host", "127.0.0.1", "--port", "18001"]
+    cfg = gw.haproxy_config(s, "/etc/gpu-llm/gateway-tls.pem").decode()
+    assert "    bind 10.0.0.9:8443 ssl crt /etc/gpu-llm/gateway-tls.pem\n" in cfg
+    assert "    server vllm-router 127.0.0.1:18001\n" in cfg and "    mode tcp\n" in cfg
+    unit = gw.tls_unit_text("/etc/gpu-llm/gateway-tls.cfg").decode()
+    assert "ExecStart=/usr/sbin/haproxy -Ws -f /etc/gpu-llm/gateway-tls.cfg" in unit and "Type=notify" in unit
