@@ -573,7 +573,9 @@ class Settings:
     monitoring_gpu_exporter: bool = setting(
         True, _bool, "Run NVIDIA's DCGM exporter container on every GPU host (GPU utilisation, memory, temperature).")
     monitoring_gpu_exporter_image: str = setting(
-        "nvcr.io/nvidia/k8s/dcgm-exporter:4.2.3-4.1.3-ubuntu22.04", _image,
+        "nvcr.io/nvidia/k8s/dcgm-exporter:4.2.3-4.1.3-ubuntu22.04",
+        _str(r"[a-z0-9][a-z0-9._/-]*:[A-Za-z0-9._-]+(@sha256:[0-9a-f]{64})?", 'an image reference with a tag, e.g. '
+             '"nvcr.io/nvidia/k8s/dcgm-exporter:4.2.3-4.1.3-ubuntu22.04"'),
         "Image of NVIDIA's DCGM exporter (DCGM 4.2.3 supports drivers R450 and newer, incl. 570).")
     monitoring_gpu_exporter_port: int = setting(
         9400, _int(1, 65535), "Port of the DCGM exporter on every GPU host.")

@@ -13,9 +13,22 @@ from gpu_llm import gateway as gw
 from gpu_llm import monitoring as mon
 from gpu_llm.deploys import host_settings
 from gpu_llm.deploys.gateway import fleet
-from gpu_llm.layout import (DCGM_CONTAINER, GRAFANA_DATASOURCE, GRAFANA_DROPIN, GRAFANA_KEY, GRAFANA_PROVIDER,
-                            GRAFANA_SERVICE, GRAFANA_SOURCE, KEYRINGS, NODE_EXPORTER_DEFAULTS, NODE_EXPORTER_SERVICE,
-                            PROMETHEUS_CONFIG, PROMETHEUS_DEFAULTS, PROMETHEUS_SERVICE, grafana_env_path)
+from gpu_llm.layout import (
+    DCGM_CONTAINER,
+    GRAFANA_DATASOURCE,
+    GRAFANA_DROPIN,
+    GRAFANA_KEY,
+    GRAFANA_PROVIDER,
+    GRAFANA_SERVICE,
+    GRAFANA_SOURCE,
+    KEYRINGS,
+    NODE_EXPORTER_DEFAULTS,
+    NODE_EXPORTER_SERVICE,
+    PROMETHEUS_CONFIG,
+    PROMETHEUS_DEFAULTS,
+    PROMETHEUS_SERVICE,
+    grafana_env_path,
+)
 from gpu_llm.operations import files as gpu_files
 from gpu_llm.operations import monitoring as ops
 from gpu_llm.operations import packages
