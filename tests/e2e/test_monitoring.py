@@ -8,7 +8,7 @@ Steps in file order (a failed step skips the rest):
      the provisioned dashboards and data source, answers only with the admin password from the setting, which is
      stored 0600 and never printed; Prometheus and Grafana listen on the host's private address, not on 0.0.0.0;
   2. `gpu-llm status` shows every instance, from Prometheus and from the endpoint's /metrics;
-  3. a re-run changes nothing;
+  3. a re-run changes nothing and runs at most 2 remote commands per host (-vv; the snapshot + the existing check);
   4. the vLLM container stopped by hand -> `gpu-llm status` shows it down and Prometheus fires VllmInstanceDown;
      started again -> up;
   5. headless Chromium screenshots Prometheus's graph of vllm:num_requests_running while requests run: the plotted
@@ -190,9 +190,20 @@ def test_2_status_shows_every_instance(setup: Setup) -> None:
 
 
 def test_3_rerun_changes_nothing(setup: Setup) -> None:
+    """0 changes, and the monitoring adds no remote command to a no-op run: each host is read by its one snapshot,
+    plus the existing end-to-end checks (the GPU host's /health, the gateway's check)."""
+    from tests.testbed.pyinfra_run import remote_commands
+
     setup.need("deploy")
-    result = setup.deploy()
+    result = setup.deploy("-vv")
     assert result.rc == 0 and result.changed == 0, _ok(result)
+    per_host = remote_commands(result.output)
+    for host, commands in per_host.items():
+        print(f"no-op re-run, {host}: {len(commands)} remote commands: {[c[:80] for c in commands]}")
+    assert set(per_host) == {setup.gpu.ip, setup.mon.ip}, per_host.keys()
+    assert all(len(c) <= 2 for c in per_host.values()), {h: len(c) for h, c in per_host.items()}
+    for secret in (API_KEY, GRAFANA_PASSWORD):
+        assert secret not in result.output
     setup.passed.add("rerun")
 
 
