@@ -100,6 +100,11 @@ def router_listen(s: Any) -> tuple[str, int]:
     return ("127.0.0.1", s.gateway_router_port) if tls(s) else (s.gateway_bind, s.gateway_port)
 
 
+def check_address(s: Any) -> str:
+    """Where the gateway host reaches its own gateway: gateway_bind, or loopback when that is a wildcard."""
+    return {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(s.gateway_bind, s.gateway_bind)
+
+
 def router_args(urls: list[str], s: Any) -> list[str]:
     """vllm-router's command line (no secret on it: the client's key is passed on)."""
     bind, port = router_listen(s)

@@ -107,4 +107,5 @@ def gateway() -> None:
                               config=gw.haproxy_config(s, gateway_tls_pem_path(s)), restart_when=cert.did_change)
     gateway_ops.verified(name="Verify the gateway end to end", port=s.gateway_port,
                          header_file=gateway_auth_path(s), model=s.vllm_served_model_name, backends=len(urls),
-                         timeout_s=s.vllm_health_timeout, tls_pem=gateway_tls_pem_path(s) if pem else None)
+                         timeout_s=s.vllm_health_timeout, tls_pem=gateway_tls_pem_path(s) if pem else None,
+                         address=gw.check_address(s))

@@ -8,13 +8,13 @@ from typing import Any
 
 from pyinfra.api import FactBase, QuoteString, StringCommand
 
-# Runs on the gateway host (python3's standard library); argv: port, header file, model, timeout seconds, and with
+# Runs on the gateway host (python3's standard library); argv: address, port, header file, model, timeout seconds, and with
 # HTTPS the PEM file whose first certificate the gateway must serve (checked byte for byte: the name in a user's
 # certificate need not be 127.0.0.1, so the chain is not verified here; clients verify it).
 CHECK = r"""
 import json, socket, ssl, sys, time, urllib.request, urllib.error
-port, header_file, model, timeout = sys.argv[1], sys.argv[2], sys.argv[3], float(sys.argv[4])
-pem = sys.argv[5] if len(sys.argv) > 5 else ""
+address, port, header_file, model = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4]
+timeout, pem = float(sys.argv[5]), (sys.argv[6] if len(sys.argv) > 6 else "")
 name, _, value = open(header_file).read().strip().partition(": ")
 ctx = None
 if pem:
@@ -22,12 +22,12 @@ if pem:
     ctx.check_hostname, ctx.verify_mode = False, ssl.CERT_NONE
     text = open(pem).read()
     want = ssl.PEM_cert_to_DER_cert(text[text.index("-----BEGIN CERTIFICATE"):text.index("-----END CERTIFICATE") + 25])
-base = "%s://127.0.0.1:%s" % ("https" if pem else "http", port)
+base = "%s://%s:%s" % ("https" if pem else "http", "[%s]" % address if ":" in address else address, port)
 deadline, last = time.monotonic() + timeout, ""
 while True:
     try:
         if pem:
-            with socket.create_connection(("127.0.0.1", int(port)), timeout=10) as raw, \
+            with socket.create_connection((address, int(port)), timeout=10) as raw, \
                     ctx.wrap_socket(raw) as tls:
                 if tls.getpeercert(binary_form=True) != want:
                     raise ValueError("the gateway serves another certificate than the one in %s" % pem)
@@ -60,8 +60,8 @@ class GatewayCheck(FactBase[dict]):
         return {"ok": False, "error": "the check printed nothing"}
 
     def command(self, port: int, header_file: str, model: str, timeout_s: int,
-                tls_pem: str | None = None) -> StringCommand:
-        return StringCommand("python3", "-c", QuoteString(CHECK), str(port), QuoteString(header_file),
+                tls_pem: str | None = None, address: str = "127.0.0.1") -> StringCommand:
+        return StringCommand("python3", "-c", QuoteString(CHECK), QuoteString(address), str(port), QuoteString(header_file),
                              QuoteString(model), str(timeout_s), *([QuoteString(tls_pem)] if tls_pem else []),
                              "2>&1", "||", "true")
 

@@ -147,17 +147,18 @@ def tls_front(unit: str, unit_file: str, unit_content: bytes, config_path: str, 
 
 
 @operation(is_idempotent=False)
-def verified(port: int, header_file: str, model: str, backends: int, timeout_s: int = 120, tls_pem: str | None = None):
+def verified(port: int, header_file: str, model: str, backends: int, timeout_s: int = 120, tls_pem: str | None = None,
+             address: str = "127.0.0.1"):
     """Through the gateway: /v1/models lists `model` and one 1-token chat completion answers (the key from the
     0600 header file, never on a command line); with `tls_pem`, over HTTPS, and the certificate served must be the
     first one in that file. A check: never a change; a failure fails the host."""
     if not state.is_executing:
         return
     result = host.get_fact(GatewayCheck, port=port, header_file=header_file, model=model, timeout_s=timeout_s,
-                           tls_pem=tls_pem)
+                           tls_pem=tls_pem, address=address)
     scheme = "https" if tls_pem else "http"
     if result.get("ok"):
-        host.log(f"gateway on {scheme}://127.0.0.1:{port} answers for {model} ({backends} backend(s)): "
+        host.log(f"gateway on {scheme}://{address}:{port} answers for {model} ({backends} backend(s)): "
                  f"{json.dumps(result)}")
         return
-    yield fail(f"gateway check on {scheme}://127.0.0.1:{port} failed: {result.get('error') or result}")
+    yield fail(f"gateway check on {scheme}://{address}:{port} failed: {result.get('error') or result}")

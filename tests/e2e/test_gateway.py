@@ -11,7 +11,8 @@ Steps in file order (a failed step skips the rest):
      throughput ratio is printed;
   5. HTTPS with a user's certificate (gateway_tls_cert/key; HAProxy in front of the router): requests, streaming,
      401 and `gpu-llm verify --cacert` over https, no plain HTTP left on the port, a re-run changes nothing; unset
-     -> plain HTTP again and the HTTPS front removed.
+     -> plain HTTP again and the HTTPS front removed (with gateway_bind: listening on the gateway's address only);
+  6. a GPU host outside the inventory named in gateway_extra_backends takes traffic.
 Run alone: GPU_LLM_TESTBED_ID=5 .venv/bin/python -m pytest -m e2e tests/e2e/test_gateway.py -s -q
 """
 
@@ -253,12 +254,14 @@ def _gateway_cert(fleet: Fleet) -> tuple[Path, Path, Path]:
 def test_5_https_with_a_user_certificate_then_back_to_http(fleet: Fleet, tmp_path: Path) -> None:
     fleet.need("third")
     cert, key, ca = _gateway_cert(fleet)
-    fleet.data[fleet.gw.name].update(gateway_tls_cert=str(cert), gateway_tls_key=str(key))
+    # gateway_bind too: HAProxy listens on the gateway's address only, and the deploy's check goes there
+    fleet.data[fleet.gw.name].update(gateway_tls_cert=str(cert), gateway_tls_key=str(key), gateway_bind=fleet.gw.ip)
     try:
         result = fleet.deploy()
         assert result.rc == 0 and result.errors == 0, _ok(result) + fleet.gw.ssh(
             "journalctl -u gpu-llm-gateway-tls --no-pager | tail -30").stdout
-        assert "gateway on https://127.0.0.1:8080 answers for coder (3 backend(s))" in result.output
+        assert f"gateway on https://{fleet.gw.ip}:8080 answers for coder (3 backend(s))" in result.output
+        assert fleet.gw.ssh("curl -sk -o /dev/null https://127.0.0.1:8080/health").returncode == 7  # not bound there
         assert "PRIVATE KEY" not in result.output
         assert fleet.gw.ssh("stat -c '%a %U' /etc/gpu-llm/gateway-tls.pem", check=True).stdout.split() == ["600", "root"]
         https = f"https://{fleet.gw.ip}:8080"
@@ -279,10 +282,30 @@ def test_5_https_with_a_user_certificate_then_back_to_http(fleet: Fleet, tmp_pat
         again = fleet.deploy()
         assert again.rc == 0 and again.changed == 0, f"changed {again.changed_ops}\n{_ok(again)}"
     finally:
-        fleet.data[fleet.gw.name].pop("gateway_tls_cert")
-        fleet.data[fleet.gw.name].pop("gateway_tls_key")
+        for key_ in ("gateway_tls_cert", "gateway_tls_key", "gateway_bind"):
+            fleet.data[fleet.gw.name].pop(key_)
     back = fleet.deploy()
     assert back.rc == 0 and back.errors == 0, _ok(back)
     assert "gateway on http://127.0.0.1:8080 answers for coder (3 backend(s))" in back.output
     assert fleet.gw.ssh("ls /etc/gpu-llm/gateway-tls.pem /etc/systemd/system/gpu-llm-gateway-tls.service").returncode != 0
     assert fleet.chat().status_code == 200
+
+
+def test_6_a_backend_outside_the_inventory_via_gateway_extra_backends(fleet: Fleet) -> None:
+    """The third GPU host leaves the inventory (still serving) and is named in gateway_extra_backends instead."""
+    fleet.need("third")
+    third = fleet.gpus.pop()
+    fleet.data[fleet.gw.name]["gateway_extra_backends"] = [f"http://{third.ip}:8000/"]
+    try:
+        result = fleet.deploy()
+        assert result.rc == 0 and result.errors == 0, _ok(result)
+        assert "gateway on http://127.0.0.1:8080 answers for coder (3 backend(s))" in result.output
+        unit = fleet.gw.ssh("cat /etc/systemd/system/gpu-llm-gateway.service", check=True).stdout
+        assert unit.index(fleet.gpus[-1].ip) < unit.index(f"http://{third.ip}:8000")  # the inventory's, then extras
+        before = fleet.served(third)
+        for _ in range(9):
+            assert fleet.chat().status_code == 200
+        assert fleet.served(third) > before
+    finally:
+        fleet.data[fleet.gw.name].pop("gateway_extra_backends")
+        fleet.gpus.append(third)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import fcntl
 import hashlib
 import shutil
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -32,6 +32,19 @@ def _lock(cfg: Config, name: str) -> Iterator[None]:
     with open(cfg.cache / f".{name}.lock", "w") as fh:
         fcntl.flock(fh, fcntl.LOCK_EX)
         yield
+
+
+def cached_dir(cfg: Config, dest: Path, what: str, build: Callable[[Path], None]) -> Path:
+    """`dest` in the cache, built once by `build(tmp)` into a temporary directory renamed into place (a failed
+    build leaves nothing behind that looks done); concurrent testbeds wait for each other."""
+    with _lock(cfg, dest.name.rsplit("-", 1)[0]):
+        if not dest.exists():
+            tmp = dest.with_name(dest.name + ".tmp")
+            shutil.rmtree(tmp, ignore_errors=True)
+            with timed(what):
+                build(tmp)
+            tmp.rename(dest)
+    return dest
 
 
 def _download_failed(out: str) -> bool:
@@ -74,42 +87,32 @@ def _chroot_apt_install(root: Path, packages: list[str]) -> None:
 
 def plain_base(cfg: Config) -> Path:
     """Ubuntu noble minbase + PACKAGES, sshd enabled, offline apt (cached)."""
-    dest = cfg.cache / f"noble-base-{_PKG_HASH}"  # a changed package list builds a new base
-    with _lock(cfg, "noble-base"):
-        if dest.exists():
-            return dest
-        tmp = dest.with_name(dest.name + ".tmp")
-        shutil.rmtree(tmp, ignore_errors=True)
-        with timed("build base rootfs (debootstrap noble)"):
-            _debootstrap(cfg, tmp)
-            run(["chroot", str(tmp), "systemctl", "enable", "ssh"])
-            (tmp / "etc/apt/sources.list").rename(tmp / "etc/apt/sources.list.archive")  # hosts are offline
-            for key in (tmp / "etc/ssh").glob("ssh_host_*"):
-                key.unlink()
-            (tmp / "etc/machine-id").write_text("")
-            tmp.rename(dest)
-    return dest
+    def build(tmp: Path) -> None:
+        _debootstrap(cfg, tmp)
+        run(["chroot", str(tmp), "systemctl", "enable", "ssh"])
+        (tmp / "etc/apt/sources.list").rename(tmp / "etc/apt/sources.list.archive")  # hosts are offline
+        for key in (tmp / "etc/ssh").glob("ssh_host_*"):
+            key.unlink()
+        (tmp / "etc/machine-id").write_text("")
+
+    # a changed package list builds a new base
+    return cached_dir(cfg, cfg.cache / f"noble-base-{_PKG_HASH}", "build base rootfs (debootstrap noble)", build)
 
 
 def docker_base(cfg: Config) -> Path:
     """plain_base + Ubuntu's docker.io (a real dockerd runs inside the hosts) (cached)."""
     base = plain_base(cfg)
-    dest = cfg.cache / f"noble-docker-{_PKG_HASH}"
-    with _lock(cfg, "noble-docker"):
-        if dest.exists():
-            return dest
-        tmp = dest.with_name(dest.name + ".tmp")
-        shutil.rmtree(tmp, ignore_errors=True)
-        with timed("build docker rootfs (docker.io)"):
-            run(["cp", "-a", str(base), str(tmp)])
-            src = tmp / "etc/apt/sources.list"
-            shutil.copy(tmp / "etc/apt/sources.list.archive", src)
-            try:
-                _chroot_apt_install(tmp, ["docker.io"])
-            finally:
-                src.unlink()
-            tmp.rename(dest)
-    return dest
+
+    def build(tmp: Path) -> None:
+        run(["cp", "-a", str(base), str(tmp)])
+        src = tmp / "etc/apt/sources.list"
+        shutil.copy(tmp / "etc/apt/sources.list.archive", src)
+        try:
+            _chroot_apt_install(tmp, ["docker.io"])
+        finally:
+            src.unlink()
+
+    return cached_dir(cfg, cfg.cache / f"noble-docker-{_PKG_HASH}", "build docker rootfs (docker.io)", build)
 
 
 def image_tarball(cfg: Config) -> Path:

@@ -21,9 +21,9 @@ import shutil
 from pathlib import Path
 
 from .config import Config
-from .proc import TestbedError, run, timed
+from .proc import TestbedError, run
 from .repos import Deb, sign_release
-from .rootfs import KEYRING, ArchiveUnreachable, _download_failed, _lock, docker_base
+from .rootfs import KEYRING, ArchiveUnreachable, _download_failed, cached_dir, docker_base
 
 ARCHIVE_HOSTS = ("archive.ubuntu.com", "security.ubuntu.com")
 ARCHIVE_DIR = "ubuntu"  # http://archive.ubuntu.com/ubuntu -> <www>/ubuntu
@@ -54,16 +54,8 @@ def _real_hash(cfg: Config) -> str:
 def real_pool(cfg: Config) -> Path:
     """Cached directory holding pool/<component>/.../*.deb: REAL_PACKAGES and what the rootfs lacks of their
     dependencies, downloaded from Ubuntu's archive with apt (the machine's own apt, pointed at noble)."""
-    dest = cfg.cache / f"ubuntu-archive-{_real_hash(cfg)}"
-    with _lock(cfg, "ubuntu-archive"):
-        if dest.exists():
-            return dest
-        tmp = dest.with_name(dest.name + ".tmp")
-        shutil.rmtree(tmp, ignore_errors=True)
-        with timed(f"download Ubuntu packages {', '.join(REAL_PACKAGES)}"):
-            _download(cfg, tmp)
-        tmp.rename(dest)
-    return dest
+    return cached_dir(cfg, cfg.cache / f"ubuntu-archive-{_real_hash(cfg)}",
+                      f"download Ubuntu packages {', '.join(REAL_PACKAGES)}", lambda tmp: _download(cfg, tmp))
 
 
 def _download(cfg: Config, tmp: Path) -> None:
