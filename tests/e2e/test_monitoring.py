@@ -29,6 +29,7 @@ from pathlib import Path
 import pytest
 import requests
 
+from gpu_llm import dashboards
 from gpu_llm import monitoring as mon
 from tests.e2e.conftest import base_data, prepared_host
 from tests.testbed.config import PROJECT
@@ -148,6 +149,12 @@ def test_1_prometheus_scrapes_every_target_and_grafana_is_provisioned(setup: Set
     # every expression of the fleet dashboard is valid PromQL for this Prometheus ($__rate_interval: Grafana's)
     for expr in mon.dashboard_exprs(mon.fleet_dashboard()):
         setup.query(expr.replace("$__rate_interval", "1m"))
+    # and of vLLM's own dashboard (its $model_name variable: the served name), with data for the instance
+    vllm_dash = json.loads(dashboards.dashboards()["vllm.json"])
+    answered = [bool(setup.query(e.replace("$__rate_interval", "1m").replace("$model_name", "coder"))["result"])
+                for e in mon.dashboard_exprs(vllm_dash)]
+    print(f"vLLM's dashboard: {sum(answered)} of {len(answered)} expressions return series")
+    assert sum(answered) >= len(answered) // 2
 
     # Grafana: only with the admin password of the setting
     assert requests.get(f"{setup.grafana}/api/health", timeout=10).json()["database"] == "ok"
@@ -155,7 +162,7 @@ def test_1_prometheus_scrapes_every_target_and_grafana_is_provisioned(setup: Set
     assert requests.get(f"{setup.grafana}/api/search", auth=("admin", "admin"), timeout=10).status_code == 401
     auth = ("admin", GRAFANA_PASSWORD)
     found = requests.get(f"{setup.grafana}/api/search", auth=auth, timeout=10).json()
-    assert mon.FLEET_DASHBOARD_UID in {d["uid"] for d in found}, found
+    assert {mon.FLEET_DASHBOARD_UID, vllm_dash["uid"]} <= {d["uid"] for d in found}, found
     d = requests.get(f"{setup.grafana}/api/dashboards/uid/{mon.FLEET_DASHBOARD_UID}", auth=auth, timeout=10).json()
     assert d["meta"]["provisioned"] and mon.dashboard_problems(d["dashboard"]) == []
     ds = requests.get(f"{setup.grafana}/api/datasources/uid/{mon.DATASOURCE_UID}", auth=auth, timeout=10).json()
