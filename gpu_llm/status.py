@@ -111,11 +111,23 @@ def _get(url: str, timeout: float, **kw: Any) -> requests.Response:
         raise StatusError(f"{url}: not a valid URL ({exc})") from None
     except requests.exceptions.MissingSchema:
         raise StatusError(f"{url}: not a URL (expected http://HOST:PORT)") from None
+    except requests.Timeout:
+        raise StatusError(f"cannot reach {url}: no answer within {timeout:g} s") from None
+    except requests.ConnectionError as exc:
+        raise StatusError(f"cannot reach {url}: {_reason(exc)}") from None
     except requests.RequestException as exc:
         raise StatusError(f"cannot reach {url}: {type(exc).__name__}: {_short(exc)}") from None
     if resp.status_code != 200:
         raise StatusError(f"GET {url}: HTTP {resp.status_code} {resp.reason}")
     return resp
+
+
+def _reason(exc: Exception) -> str:
+    """The OS's words for a failed connection ("Connection refused", "Name or service not known", ...)."""
+    import re
+
+    found = re.findall(r"\[Errno -?\d+\] ([^'\")\]]+)", str(exc))
+    return found[-1].strip() if found else _short(exc)
 
 
 def _short(exc: Exception) -> str:

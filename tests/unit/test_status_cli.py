@@ -142,7 +142,7 @@ def test_prometheus_rows(server, capsys):
 
 
 @pytest.mark.parametrize("args, says", [
-    (["--prometheus", "http://127.0.0.1:{port}"], "cannot reach http://127.0.0.1:{port}/api/v1/query"),
+    (["--prometheus", "http://127.0.0.1:{port}"], "cannot reach http://127.0.0.1:{port}/api/v1/query: Connection refused"),
     (["--endpoints", "10.0.0.5:8000"], "not a URL"),
 ])
 def test_unreachable_or_bad_url_is_one_clear_line(args, says, capsys):
