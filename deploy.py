@@ -23,7 +23,7 @@ service_preflight()          # hosts without the GPU stack (gateway only): OS, a
 if gpu_host():
     preflight()              # OS, arch, root, disk, GPUs on the PCI bus, settings: refuses before any change
     model_download_start()   # huggingface-hub in its own venv, download runs as a transient systemd unit
-    nvidia()                 # NVIDIA driver (pinned, held, reboot if needed) + CUDA toolkit
+    nvidia()                 # NVIDIA driver (pinned, held, reboot if needed), persistence, NVSwitch fabric, CUDA
     docker()                 # Docker + NVIDIA Container Toolkit, daemon.json merged
     image_pull_start()       # docker pull of the planned vLLM image as a transient systemd unit, beside the download
     model_download_wait()    # join the download, verify sizes/hashes, manifest

@@ -12,6 +12,7 @@ from gpu_llm.facts.snapshot import Probe
 from gpu_llm.monitoring import RULES_FILE
 from gpu_llm.operations.packages import source_file
 from gpu_llm.plan.config import env_file_path, template_host_path
+from gpu_llm.plan.datacenter import FABRIC_SERVICE, PERSISTENCED_SERVICE
 
 # ---- fixed paths -------------------------------------------------------------------------------------------------
 NOUVEAU_CONF = "/etc/modprobe.d/gpu-llm-blacklist-nouveau.conf"
@@ -64,6 +65,8 @@ DOCKER_CE_PACKAGES = ("docker-ce", "docker-ce-cli", "containerd.io")
 NVCT_PACKAGES = ("nvidia-container-toolkit", "nvidia-container-toolkit-base", "libnvidia-container-tools",
                  "libnvidia-container1")  # pinned together, as NVIDIA's install guide does
 OTHER_PACKAGES = ("python3-venv", "docker.io", "cuda-keyring", GATEWAY_TLS_PACKAGE)
+# Canonical's signed precompiled NVIDIA modules (nvidia_driver_source: ubuntu): versioned by kernel, not by driver
+UBUNTU_MODULES_PATTERN = "linux-modules-nvidia-*"
 
 
 class _Settings(Protocol):  # the settings layout() needs (gpu_llm.settings.Settings has them all)
@@ -164,9 +167,10 @@ def probe(s: _Settings) -> Probe:
     )
     sources = (DOCKER_SOURCE, NVCT_SOURCE, GRAFANA_SOURCE, *(cuda_source(d) for d in CUDA_REPO_DIRS.values()))
     packages = (*OTHER_PACKAGES, *DOCKER_CE_PACKAGES, *NVCT_PACKAGES, cuda_toolkit_package(s.cuda_toolkit_version),
-                *MONITORING_PACKAGES)
+                UBUNTU_MODULES_PATTERN, *MONITORING_PACKAGES)
     return Probe(model_dir=s.model_dir, download_unit=DOWNLOAD_UNIT, hf_venv=s.hf_venv,
                  paths=tuple(dict.fromkeys(paths)), packages=packages,
                  sources=tuple(source_file(name) for name in sources),
                  services=(DOCKER_SERVICE, IMAGE_PULL_UNIT, WATCHDOG_UNIT, GATEWAY_UNIT, GATEWAY_TLS_UNIT,
-                           PROMETHEUS_SERVICE, NODE_EXPORTER_SERVICE, GRAFANA_SERVICE))
+                           FABRIC_SERVICE, PERSISTENCED_SERVICE, PROMETHEUS_SERVICE, NODE_EXPORTER_SERVICE,
+                           GRAFANA_SERVICE))

@@ -324,7 +324,11 @@ class Settings:
         "Refuse hosts where no NVIDIA GPU is found on the PCI bus (set false to provision GPU-less builders).")
     # ---- NVIDIA driver -----------------------------------------------------------------------------------------
     nvidia_driver_install: bool = setting(
-        True, _bool, "Install the NVIDIA driver from NVIDIA's CUDA apt repository.")
+        True, _bool, "Install the NVIDIA driver (from nvidia_driver_source).")
+    nvidia_driver_source: Literal["nvidia", "ubuntu"] = setting(
+        "nvidia", _choice("nvidia", "ubuntu"),
+        '"nvidia": NVIDIA\'s CUDA repository (DKMS-built, unsigned modules: refused under Secure Boot); "ubuntu": '
+        "Canonical's signed precompiled modules and the -server driver from Ubuntu's restricted archive.")
     nvidia_driver_branch: str = setting(
         "570", _str(r"\d{3}", 'a driver branch like "570"'),
         "Driver branch (major version); packages are `nvidia-driver-<branch>[-open]`.")
@@ -340,6 +344,9 @@ class Settings:
         True, _bool, "Reboot when the loaded kernel module differs from the installed driver (else stop and say so).")
     nvidia_driver_reboot_timeout: int = setting(
         600, _int(30, 7200), "Seconds to wait for a host to come back after a driver reboot.")
+    nvidia_fabric_timeout: int = setting(
+        300, _int(10, 3600),
+        "Seconds to wait, on NVSwitch hosts, for nvidia-smi to report the fabric completed after the fabric manager starts.")
     nvidia_driver_blacklist_nouveau: bool = setting(
         True, _bool, "Blacklist the nouveau kernel module.")
     nvidia_cuda_repo_url: str = setting(

@@ -1,4 +1,12 @@
-"""NVIDIA driver (pinned, held, nouveau off, reboot when needed) and the CUDA toolkit from NVIDIA's repository."""
+"""NVIDIA driver (pinned, held, nouveau off, reboot when needed; from NVIDIA's repository or, nvidia_driver_source:
+ubuntu, Ubuntu's signed -server driver), the NVSwitch fabric manager and persistence mode, and the CUDA toolkit.
+
+Vendor pinning: NVIDIA's driver installation guide ("Version locking", https://docs.nvidia.com/datacenter/tesla/
+driver-installation-guide/version-locking.html) now offers nvidia-driver-pinning-<branch> packages for Ubuntu/Debian;
+public install scripts use them for 580, 595 and 610, and we found no evidence of one for the 570 branch in NVIDIA's
+ubuntu2404 repository (not verifiable offline). It also locks a branch, where gpu-llm pins one exact release across
+both NVIDIA's repository and Ubuntu's archive (whose *-570 packages turned transitional to 580), so our own apt
+preferences file (templates/nvidia-driver.pref.j2) stays."""
 
 from __future__ import annotations
 
@@ -25,7 +33,7 @@ def render(template: Path, **data: str) -> bytes:
 def nvidia() -> None:
     s = host_settings()
     driver_args = {"branch": s.nvidia_driver_branch, "version": s.nvidia_driver_version,
-                   "open_modules": s.nvidia_driver_open}
+                   "open_modules": s.nvidia_driver_open, "source": s.nvidia_driver_source}
 
     def apt_driver() -> bool:  # False on a host whose non-apt driver we keep: no pin, blacklists or nouveau edits
         return not s.nvidia_driver_install or not nvidia_ops.keeps_foreign_driver(
@@ -53,6 +61,12 @@ def nvidia() -> None:
         nvidia_ops.reboot_for_driver(name="Reboot into the installed NVIDIA driver if needed",
                                      reboot=s.nvidia_driver_reboot, reboot_timeout=s.nvidia_driver_reboot_timeout,
                                      **driver_args)
+        nvidia_ops.fabric_manager(name="Install the NVSwitch fabric manager of the driver",
+                                  branch=s.nvidia_driver_branch, version=s.nvidia_driver_version, _if=apt_driver)
+        nvidia_ops.persistenced(name="Enable and start nvidia-persistenced")
+    nvidia_ops.fabric_service(name="Enable and start the NVSwitch fabric manager")
+    nvidia_ops.fabric_ready(name="Wait until the NVSwitch fabric is completed", timeout=s.nvidia_fabric_timeout,
+                            driver_version=s.nvidia_driver_version)
     if s.cuda_toolkit_install:
         packages.packages(name=f"Install CUDA toolkit {s.cuda_toolkit_version}",
                           packages=[cuda_toolkit_package(s.cuda_toolkit_version)])

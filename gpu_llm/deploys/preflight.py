@@ -53,7 +53,8 @@ def preflight() -> None:
         nvidia_ops.driver_check(name="Check the host's NVIDIA driver can be kept or replaced",
                                 branch=s.nvidia_driver_branch, version=s.nvidia_driver_version,
                                 open_modules=s.nvidia_driver_open, replace=s.nvidia_driver_replace,
-                                required_cuda=required_cuda(ServeConfig.from_settings(s)))
+                                required_cuda=required_cuda(ServeConfig.from_settings(s)),
+                                source=s.nvidia_driver_source)
     # the one repair preflight makes, after every check passed: apt cannot install anything until it is done
     preflight_ops.dpkg_finished(name="Finish an interrupted dpkg run")
 

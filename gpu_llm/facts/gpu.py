@@ -8,22 +8,32 @@ from dataclasses import dataclass, field, replace
 from pyinfra.api import FactBase
 
 from gpu_llm.facts import JsonFact, marker, sections
+from gpu_llm.plan.datacenter import interconnect
 from gpu_llm.plan.gpus import parse_query_csv
 from gpu_llm.plan.types import GPU
 
 NVIDIA_VENDOR = "0x10de"
 QUERY_FIELDS = "index,name,uuid,memory.total,compute_cap,driver_version,pci.bus_id"
 
-# NVIDIA GPUs on the PCI bus: "<sysfs path> <device id> <class>" (vendor 0x10de, class 0x03xxxx = display
-# controller; the GPUs' HDMI audio functions are class 0x0403 and left out). lspci is often missing (it was on
-# the reference H200 host), sysfs never is.
+# NVIDIA GPUs and NVSwitches on the PCI bus: "<sysfs path> <device id> <class>" (vendor 0x10de; class 0x03xxxx =
+# display controller: a GPU; class 0x0680 = "other bridge": an NVSwitch, e.g. 10de:22a3 "GH100 [H100 NVSwitch]" in
+# pci.ids, https://pci-ids.ucw.cz/read/PC/10de/22a3; the GPUs' HDMI audio functions are class 0x0403 and left out).
+# lspci is often missing (it was on the reference H200 host), sysfs never is. The loop leaves $nvsw set when it saw
+# an NVSwitch (the GPU part asks nvidia-smi for the fabric state only then).
 # `read` is a shell builtin: no process per device (a server has hundreds of PCI functions).
+NVSWITCH_CLASS = "0x0680"
 PCI_COMMAND = (
-    "for d in /sys/bus/pci/devices/*; do "
+    "nvsw=; for d in /sys/bus/pci/devices/*; do "
     'read -r v 2>/dev/null < "$d/vendor" && [ "$v" = ' + NVIDIA_VENDOR + ' ] || continue; '
-    'read -r c < "$d/class"; case "$c" in 0x03*) read -r id < "$d/device"; echo "$d $id $c";; esac; '
+    'read -r c < "$d/class"; case "$c" in 0x03*|' + NVSWITCH_CLASS + '*) read -r id < "$d/device"; '
+    'echo "$d $id $c"; case "$c" in ' + NVSWITCH_CLASS + '*) nvsw=1;; esac;; esac; '
     "done"
 )
+# Fabric state per GPU (fields of `nvidia-smi --query-gpu`, as NVIDIA's driver container reads them:
+# github.com/NVIDIA/gpu-driver-container pull 909): "Not Started" -> "In Progress" -> "Completed" while the fabric
+# manager configures the NVSwitch fabric; "N/A" where the GPU has no fabric state (A100-era HGX report N/A with a
+# running fabric manager: github.com/bottlerocket-os/bottlerocket pull 3873).
+FABRIC_QUERY = "index,fabric.state,fabric.status"
 
 # nvidia-smi exit statuses (nvidia-smi(1) RETURN VALUE): 9 = driver not loaded; 18 = the user-space library and
 # the loaded kernel module differ (after a driver upgrade without reboot). The messages are checked as well
@@ -42,14 +52,26 @@ class PciGpu(JsonFact):
     device_id: str  # "0x2335"
 
 
+@dataclass(frozen=True)
+class FabricState(JsonFact):
+    """One GPU's NVSwitch fabric registration as nvidia-smi reports it."""
+
+    index: int
+    state: str  # "Not Started" | "In Progress" | "Completed" | "N/A" ...
+    status: str  # "Success" once completed, else an error name or "N/A"
+
+
 @dataclass
 class GpuInventory(JsonFact):
-    """What the host has: `gpus` from nvidia-smi when `smi` is "ok", else from PCI ids (no names, memory 0)."""
+    """What the host has: `gpus` from nvidia-smi when `smi` is "ok", else from PCI ids (no names, memory 0);
+    `nvswitches` from the PCI bus; `fabric` per GPU (read only on NVSwitch hosts with a working nvidia-smi)."""
 
     smi: SmiState
     gpus: list[GPU] = field(default_factory=list)
     pci: list[PciGpu] = field(default_factory=list)
     message: str = ""  # nvidia-smi's own words when it failed
+    nvswitches: list[PciGpu] = field(default_factory=list)
+    fabric: list[FabricState] = field(default_factory=list)
 
 
 def parse_pci(lines: list[str]) -> list[PciGpu]:
@@ -60,6 +82,26 @@ def parse_pci(lines: list[str]) -> list[PciGpu]:
         if len(parts) >= 3 and parts[2].startswith("0x03"):
             found.append(PciGpu(address=parts[0].rstrip("/").rsplit("/", 1)[-1], device_id=parts[1]))
     return sorted(found, key=lambda p: p.address)
+
+
+def parse_nvswitches(lines: list[str]) -> list[PciGpu]:
+    """The NVSwitches (class 0x0680) among PCI_COMMAND's lines."""
+    found = []
+    for line in lines:
+        parts = line.split()
+        if len(parts) >= 3 and parts[2].startswith(NVSWITCH_CLASS):
+            found.append(PciGpu(address=parts[0].rstrip("/").rsplit("/", 1)[-1], device_id=parts[1]))
+    return sorted(found, key=lambda p: p.address)
+
+
+def parse_fabric(lines: list[str]) -> list[FabricState]:
+    """`nvidia-smi --query-gpu=index,fabric.state,fabric.status --format=csv,noheader` lines."""
+    out = []
+    for line in lines:
+        cells = [c.strip() for c in line.split(",")]
+        if len(cells) == 3 and cells[0].isdigit():
+            out.append(FabricState(int(cells[0]), cells[1], cells[2]))
+    return out
 
 
 def smi_state(rc: int | None, output: list[str]) -> SmiState:
@@ -102,13 +144,15 @@ def parse_inventory(lines: list[str]) -> GpuInventory:
     """Parse NvidiaGpus output (sections pci, smi, rc, topo)."""
     s = sections(lines)
     pci = parse_pci(s.get("pci", []))
+    nvswitches = parse_nvswitches(s.get("pci", []))
     rc_text = (s.get("rc") or ["missing"])[0].strip()
     rc = int(rc_text) if rc_text.lstrip("-").isdigit() else None
     state = smi_state(rc, s.get("smi", []))
     if state != "ok":
-        return GpuInventory(smi=state, gpus=gpus_from_pci(pci), pci=pci, message="\n".join(s.get("smi", [])).strip())
-    gpus = parse_query_gpu(s.get("smi", []), parse_topology(s.get("topo", [])))
-    return GpuInventory(smi=state, gpus=gpus, pci=pci)
+        return GpuInventory(smi=state, gpus=gpus_from_pci(pci), pci=pci, message="\n".join(s.get("smi", [])).strip(),
+                            nvswitches=nvswitches)
+    gpus = parse_query_gpu(s.get("smi", []), interconnect(parse_topology(s.get("topo", [])), len(nvswitches)))
+    return GpuInventory(smi=state, gpus=gpus, pci=pci, nvswitches=nvswitches, fabric=parse_fabric(s.get("fabric", [])))
 
 
 class NvidiaGpus(FactBase[GpuInventory]):
@@ -135,6 +179,9 @@ class NvidiaGpus(FactBase[GpuInventory]):
             # the links between GPUs: nothing to ask with one GPU (nvidia-smi is the slow part of a host read)
             f'if [ "$rc" = 0 ] && [ "$(printf "%s\\n" "$out" | wc -l)" -gt 1 ]; then {marker("topo")}; '
             "nvidia-smi topo -m 2>/dev/null; fi",
+            # the fabric state only where NVSwitches are on the bus ($nvsw from PCI_COMMAND)
+            f'if [ "$rc" = 0 ] && [ -n "$nvsw" ]; then {marker("fabric")}; '
+            f"nvidia-smi --query-gpu={FABRIC_QUERY} --format=csv,noheader 2>/dev/null; fi",
             "true",
         ])
 

@@ -8,7 +8,16 @@ from dataclasses import dataclass, field
 from pyinfra.api import FactBase
 
 from gpu_llm.facts import JsonFact, marker, sections
-from gpu_llm.facts.gpu import PCI_COMMAND, PciGpu, parse_pci
+from gpu_llm.facts.gpu import PCI_COMMAND, PciGpu, parse_nvswitches, parse_pci
+
+# Secure Boot: `mokutil --sb-state` ("SecureBoot enabled" / "SecureBoot disabled"), else the EFI global variable
+# SecureBoot (GUID 8be4df61-93ca-11d2-aa0d-00e098032b8c, UEFI spec) whose efivarfs file is 4 attribute bytes and
+# one value byte (https://docs.kernel.org/filesystems/efivarfs.html): 1 = on.
+SB_EFIVAR = "/sys/firmware/efi/efivars/SecureBoot-8be4df61-93ca-11d2-aa0d-00e098032b8c"
+SECURE_BOOT_COMMAND = (
+    "if command -v mokutil >/dev/null 2>&1; then mokutil --sb-state 2>&1; fi; "
+    f'if [ -r {SB_EFIVAR} ]; then echo "efivar $(od -An -t u1 -j4 -N1 {SB_EFIVAR})"; fi'
+)
 
 
 @dataclass
@@ -30,6 +39,8 @@ class HostPreflight(JsonFact):
     dpkg_interrupted: bool = False
     # /etc/os-release's ID, VERSION_ID, VERSION_CODENAME and NAME (repository paths are chosen from them)
     release: dict[str, str] = field(default_factory=dict)
+    nvswitches: list[PciGpu] = field(default_factory=list)  # NVIDIA NVSwitches on the PCI bus (class 0x0680)
+    secure_boot: bool | None = None  # None: neither mokutil nor the EFI variable says (legacy BIOS boot)
 
 
 def parse_os_release(lines: list[str]) -> dict[str, str]:
@@ -40,6 +51,20 @@ def parse_os_release(lines: list[str]) -> dict[str, str]:
         if sep:
             out[key.strip()] = value.strip().strip('"').strip("'")
     return out
+
+
+def parse_secure_boot(lines: list[str]) -> bool | None:
+    """SECURE_BOOT_COMMAND output -> True / False, None when nothing says (mokutil's words win over the variable)."""
+    text = "\n".join(lines)
+    if "SecureBoot enabled" in text:
+        return True
+    if "SecureBoot disabled" in text:
+        return False
+    for line in lines:
+        bits = line.split()
+        if len(bits) == 2 and bits[0] == "efivar" and bits[1] in ("0", "1"):
+            return bits[1] == "1"
+    return None
 
 
 def parse_preflight(lines: list[str]) -> HostPreflight:
@@ -61,6 +86,8 @@ def parse_preflight(lines: list[str]) -> HostPreflight:
         pci_gpus=parse_pci(s.get("pci", [])),
         dpkg_interrupted=any(line.strip().isdigit() for line in s.get("dpkg", [])),
         release={k: osr[k] for k in ("ID", "VERSION_ID", "VERSION_CODENAME", "NAME") if k in osr},
+        nvswitches=parse_nvswitches(s.get("pci", [])),
+        secure_boot=parse_secure_boot(s.get("secureboot", [])),
     )
 
 
@@ -89,6 +116,7 @@ class Preflight(FactBase[HostPreflight]):
             marker("pci"), PCI_COMMAND,
             # apt's "dpkg was interrupted" test: a numbered file in dpkg's update journal
             marker("dpkg"), "ls /var/lib/dpkg/updates 2>/dev/null",
+            marker("secureboot"), SECURE_BOOT_COMMAND,
             "true",
         ])
 

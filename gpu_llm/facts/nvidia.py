@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import re
+import shlex
 from dataclasses import dataclass, field
 
 from pyinfra.api import FactBase
 
 from gpu_llm.facts import JsonFact, marker, sections
 from gpu_llm.facts.gpu import SmiState, smi_state
+from gpu_llm.plan.datacenter import parse_stanzas
 
 # Driver metapackages: "nvidia-driver-570[-server][-open]" (Ubuntu, NVIDIA's repo), "nvidia-driver" (Debian),
 # "nvidia-open" / "cuda-drivers[-570]" (NVIDIA's flavour-neutral ones).
@@ -81,13 +83,32 @@ def parse_module_version(lines: list[str]) -> str | None:
     return None
 
 
-def parse_driver_state(lines: list[str]) -> DriverState:
+def driver_cuda(driver_version: str | None) -> str | None:
+    """The "CUDA Version" nvidia-smi's header shows for a driver: the newest CUDA it runs, per NVIDIA's table
+    (gpu_llm.plan.versions.CUDA_MIN_DRIVER); None when unknown or older than CUDA 12."""
+    from gpu_llm.plan.versions import cuda_for_driver
+
+    try:
+        major, minor = cuda_for_driver(driver_version) if driver_version else (None, None)
+    except ValueError:
+        return None
+    return f"{major}.{minor}" if major is not None else None
+
+
+def parse_driver_state(lines: list[str], smi: tuple[str, str | None, str] | None = None) -> DriverState:
+    """The driver part's sections; `smi` = (state, driver version, message) when nvidia-smi was read elsewhere (the
+    host snapshot asks it once, in the GPU part's --query-gpu, which reports the same exit status and messages)."""
     s = sections(lines)
-    rc_text = (s.get("rc") or ["missing"])[0].strip()
-    rc = int(rc_text) if rc_text.lstrip("-").isdigit() else None
-    smi_out = s.get("smi", [])
-    state = smi_state(rc, smi_out)
-    driver, cuda = parse_smi_header(smi_out) if state == "ok" else (None, None)
+    if smi is not None:
+        state, driver, message = smi
+        cuda = driver_cuda(driver) if state == "ok" else None
+        smi_out = [message] if message else []
+    else:
+        rc_text = (s.get("rc") or ["missing"])[0].strip()
+        rc = int(rc_text) if rc_text.lstrip("-").isdigit() else None
+        smi_out = s.get("smi", [])
+        state = smi_state(rc, smi_out)
+        driver, cuda = parse_smi_header(smi_out) if state == "ok" else (None, None)
     return DriverState(
         packages=parse_packages(s.get("dpkg", [])),
         module_version=parse_module_version(s.get("module", [])),
@@ -116,17 +137,18 @@ class NvidiaDriver(FactBase[DriverState]):
     def default() -> DriverState:
         return DriverState()
 
-    def command(self) -> str:
+    def command(self, smi: bool = True) -> str:
+        """`smi=False`: without nvidia-smi (the host snapshot reads it once, in its GPU part)."""
         patterns = " ".join(f"'{p}'" for p in DRIVER_PATTERNS)
         return "; ".join([
             marker("dpkg"),
             f"dpkg-query -W -f='${{db:Status-Abbrev}}|${{Package}}|${{Version}}\\n' {patterns} 2>/dev/null",
             marker("module"),
             "cat /sys/module/nvidia/version 2>/dev/null || head -n 1 /proc/driver/nvidia/version 2>/dev/null",
-            marker("smi"),
-            'if command -v nvidia-smi >/dev/null 2>&1; then out=$(nvidia-smi 2>&1); rc=$?; '
-            'printf "%s\\n" "$out" | head -n 4; else rc=missing; fi',
-            marker("rc"), 'echo "$rc"',
+            *([marker("smi"),
+               'if command -v nvidia-smi >/dev/null 2>&1; then out=$(nvidia-smi 2>&1); rc=$?; '
+               'printf "%s\\n" "$out" | head -n 4; else rc=missing; fi',
+               marker("rc"), 'echo "$rc"'] if smi else []),
             marker("kernel"), "uname -r",
             marker("headers"),
             'k=linux-headers-$(uname -r); if dpkg-query -W -f=\'${db:Status-Abbrev}\' "$k" 2>/dev/null | grep -q "^.i"; '
@@ -138,3 +160,25 @@ class NvidiaDriver(FactBase[DriverState]):
 
     def process(self, output: list[str]) -> DriverState:
         return parse_driver_state(output)
+
+
+class AptShow(FactBase[list]):
+    """
+    Every version apt's lists offer of some packages (`apt-cache show`): read only while installing a driver from
+    Ubuntu's archive or a fabric manager, to pick the package version that is the pinned driver release.
+
+    .. code:: python
+
+        [Stanza(package="nvidia-driver-570-server-open", version="570.172.08-0ubuntu0.24.04.1", depends="..."), ...]
+    """
+
+    @staticmethod
+    def default() -> list:
+        return []
+
+    def command(self, packages: tuple[str, ...]) -> str:
+        names = " ".join(shlex.quote(p) for p in packages)
+        return f"apt-cache show {names} 2>/dev/null; true"
+
+    def process(self, output: list[str]) -> list:
+        return parse_stanzas(output)

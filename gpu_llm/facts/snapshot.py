@@ -126,7 +126,7 @@ def snapshot_command(probe: Probe) -> str:
     parts = {
         "preflight": Preflight().command(path=probe.model_dir),
         "systemd": "[ -d /run/systemd/system ] && echo yes; true",
-        "driver": NvidiaDriver().command(),
+        "driver": NvidiaDriver().command(smi=False),  # nvidia-smi once, in the GPU part (~25 ms of host CPU each)
         "gpus": NvidiaGpus().command(),
         "packages": _packages_command(probe.packages),
         "files": FileStates().command(paths=probe.paths) if probe.paths else "true",
@@ -244,12 +244,14 @@ def parse_docker(lines: list[str]) -> tuple[list[dict[str, Any]], list[str]]:
 def parse_snapshot(lines: list[str]) -> HostState:
     p = split_parts(lines)
     containers, images = parse_docker(p.get("docker", []))
+    gpus = parse_inventory(p.get("gpus", []))
     venv = "\n".join(p.get("venv", [])).strip()
     return HostState(
         preflight=parse_preflight(p.get("preflight", [])),
         systemd=bool(p.get("systemd")) and p["systemd"][0].strip() == "yes",
-        driver=parse_driver_state(p.get("driver", [])),
-        gpus=parse_inventory(p.get("gpus", [])),
+        driver=parse_driver_state(p.get("driver", []), smi=(gpus.smi, next(
+            (g.driver_version for g in gpus.gpus if g.driver_version), None), gpus.message)),
+        gpus=gpus,
         packages=parse_installed(p.get("packages", [])),
         files=parse_file_states(p.get("files", [])),
         sources=parse_sources(p.get("sources", [])),

@@ -9,10 +9,18 @@ from pyinfra.api import StringCommand
 from pyinfra.operations import apt, server
 
 from gpu_llm.facts import snapshot
-from gpu_llm.facts.nvidia import DriverState
+from gpu_llm.facts.nvidia import AptShow, DriverState
 from gpu_llm.layout import CUDA_REPO_DIRS, STATE_DIR, cuda_source, keyring_deb
-from gpu_llm.operations import download_naming_url, operation, packages, refuse, warn
+from gpu_llm.operations import (
+    download_naming_url,
+    operation,
+    packages,
+    refuse,
+    services,
+    warn,
+)
 from gpu_llm.operations import files as gpu_files
+from gpu_llm.plan import datacenter
 
 CUDA_KEYRING = "/usr/share/keyrings/cuda-archive-keyring.gpg"  # installed by the cuda-keyring package
 # Metapackages that pull whichever flavour is newest; next to ours at the same version they are no conflict.
@@ -41,12 +49,16 @@ class DriverSpec:
         return package_version.split(":")[-1].startswith(self.version + "-")
 
 
-def driver_spec(distro: str, branch: str, version: str, open_modules: bool) -> DriverSpec:
-    """Package names and version string in NVIDIA's CUDA repository.
+def driver_spec(distro: str, branch: str, version: str, open_modules: bool, source: str = "nvidia") -> DriverSpec:
+    """Package names and version string in NVIDIA's CUDA repository, or (source "ubuntu") Ubuntu's -server driver
+    metapackage, whose archive version ("570.172.08-0ubuntu0.24.04.1") is read from apt when installing.
 
     Ubuntu: nvidia-driver-<branch>[-open] at "<version>-0ubuntu1" (NVIDIA's ubuntu2204/ubuntu2404 repos, e.g.
     public install scripts pin `nvidia-driver-570-open=570.133.20-0ubuntu1` and its libnvidia-*-570 / nvidia-*-570
     siblings at the same version). Debian: nvidia-open (open modules) or cuda-drivers at "<version>-1"."""
+    if source == "ubuntu":
+        return DriverSpec(version, (f"nvidia-driver-{branch}-server" + ("-open" if open_modules else ""),),
+                          f"{version}-*")
     if distro.startswith("debian"):
         return DriverSpec(version, ("nvidia-open",) if open_modules else ("cuda-drivers",), f"{version}-1")
     name = f"nvidia-driver-{branch}" + ("-open" if open_modules else "")
@@ -99,25 +111,55 @@ def decide_driver(state: DriverState, spec: DriverSpec, replace: bool, required_
     return DriverDecision("install", f"install {want_text}")
 
 
-def host_driver_spec(branch: str, version: str, open_modules: bool) -> DriverSpec:
+def host_driver_spec(branch: str, version: str, open_modules: bool, source: str = "nvidia") -> DriverSpec:
     """driver_spec for the distro of the host being operated on."""
-    return driver_spec(distro_id(snapshot.current(host).distro), branch, version, open_modules)
+    return driver_spec(distro_id(snapshot.current(host).distro), branch, version, open_modules, source)
 
 
 def host_driver_decision(branch: str, version: str, open_modules: bool, replace: bool,
-                         required_cuda: str | None) -> DriverDecision:
+                         required_cuda: str | None, source: str = "nvidia") -> DriverDecision:
     """decide_driver for the host being operated on, from its snapshot."""
-    spec = host_driver_spec(branch, version, open_modules)
+    spec = host_driver_spec(branch, version, open_modules, source)
     return decide_driver(snapshot.current(host).driver, spec, replace, required_cuda)
 
 
 def keeps_foreign_driver(branch: str, version: str, open_modules: bool, replace: bool,
-                         required_cuda: str | None) -> bool:
+                         required_cuda: str | None, source: str = "nvidia") -> bool:
     """At execution time: does the host run a driver gpu-llm leaves alone (not installed by apt)?
 
     For `_if=` of the steps that only make sense with our apt driver (pin, unattended-upgrades, nouveau)."""
-    return host_driver_decision(branch, version, open_modules, replace, required_cuda).kind in (
+    return host_driver_decision(branch, version, open_modules, replace, required_cuda, source).kind in (
         "foreign", "foreign-too-old")
+
+
+UBUNTU_ARCHIVE = "Ubuntu's archive (restricted)"
+
+
+def ubuntu_install(branch: str, version: str, open_modules: bool, kernel: str) -> tuple[list[str], str, bool]:
+    """At execution time: the `apt-get install` arguments of Ubuntu's signed driver for the running kernel, from the
+    versions apt offers ([], why not, when it cannot be driver `version` exactly); the last item says whether apt's
+    lists know the driver package at all (not yet on a host whose lists were never refreshed)."""
+    try:
+        want = datacenter.ubuntu_driver(branch, open_modules, kernel)
+    except ValueError as exc:
+        return [], f"{exc}: Canonical's precompiled modules exist only for Ubuntu kernels (nvidia_driver_source)", True
+    stanzas = host.get_fact(AptShow, packages=(want.driver, want.modules_kernel))
+    known = any(st.package == want.driver for st in stanzas)
+    chosen, why = datacenter.choose_version(stanzas, want.driver, version, branch, UBUNTU_ARCHIVE)
+    if chosen is None:
+        return [], why, known
+    if not any(st.package == want.modules_kernel for st in stanzas):
+        return [], (f"{want.modules_kernel} (Canonical's signed modules for the running kernel {kernel}) is not in "
+                    "apt; boot a kernel Ubuntu ships them for, or set nvidia_driver_source: nvidia"), known
+    modules, why = datacenter.choose_modules(stanzas, want.modules_kernel, version)
+    if modules is None:
+        return [], why, known
+    return [f"{want.driver}={chosen}", want.modules_flavour, f"{want.modules_kernel}={modules}"], "", known
+
+
+def secure_boot_check(decision: DriverDecision, source: str) -> str | None:
+    """secure_boot_refusal for the host being operated on."""
+    return datacenter.secure_boot_refusal(snapshot.current(host).preflight.secure_boot, source, decision.kind)
 
 
 def holds_missing(state: DriverState, spec: DriverSpec) -> list[str]:
@@ -171,10 +213,11 @@ def cuda_repo(base_url: str, keyring_version: str):
 
 @operation()
 def driver_check(branch: str, version: str, open_modules: bool = True, replace: bool = False,
-                 required_cuda: str | None = None):
+                 required_cuda: str | None = None, source: str = "nvidia"):
     """
     Refuse now, before anything on the host changes, a driver that nvidia.driver would refuse later (a different
-    apt driver without `replace`, a driver not from apt too old for `required_cuda`); arguments as nvidia.driver.
+    apt driver without `replace`, a driver not from apt too old for `required_cuda`, NVIDIA's unsigned DKMS modules
+    on a Secure Boot host, an Ubuntu archive that cannot give `version` exactly); arguments as nvidia.driver.
 
     **Example:**
 
@@ -182,16 +225,23 @@ def driver_check(branch: str, version: str, open_modules: bool = True, replace: 
 
         nvidia.driver_check(name="Check the host's NVIDIA driver", branch="570", version="570.153.02")
     """
-    decision = host_driver_decision(branch, version, open_modules, replace, required_cuda)
-    if decision.kind in ("conflict", "foreign-too-old"):
-        yield refuse(decision.detail)
-    else:
-        host.noop(f"NVIDIA driver: {decision.detail}")
+    decision = host_driver_decision(branch, version, open_modules, replace, required_cuda, source)
+    refusal = secure_boot_check(decision, source)
+    if decision.kind in ("conflict", "foreign-too-old") or refusal:
+        yield refuse(refusal or decision.detail)
+        return
+    if source == "ubuntu" and decision.kind in ("install", "replace"):
+        _, why, known = ubuntu_install(branch, version, open_modules, snapshot.current(host).driver.kernel)
+        if why and known:  # without Ubuntu's lists yet (a fresh host) the driver step checks after its apt update
+            yield refuse(why)
+            return
+    boot = snapshot.current(host).preflight.secure_boot
+    host.noop(f"NVIDIA driver: {decision.detail}" + (" (Secure Boot on: Ubuntu's signed modules)" if boot else ""))
 
 
 @operation()
 def driver(branch: str, version: str, open_modules: bool = True, replace: bool = False,
-           required_cuda: str | None = None):
+           required_cuda: str | None = None, source: str = "nvidia"):
     """
     Install the NVIDIA driver `version` from NVIDIA's repository and hold it; keep it if installed; refuse a
     different apt driver unless `replace`; leave a driver not installed by apt (runfile, cloud image) alone.
@@ -201,6 +251,8 @@ def driver(branch: str, version: str, open_modules: bool = True, replace: bool =
     + open_modules: the -open kernel modules (Turing and newer) instead of the proprietary ones
     + replace: purge a different apt-installed driver and install ours
     + required_cuda: CUDA release a driver not from apt must support ("12.8"), None to skip the check
+    + source: "nvidia" (NVIDIA's CUDA repository, DKMS) or "ubuntu" (Ubuntu's -server driver with Canonical's
+      signed modules for the running kernel and its flavour's metapackage, which follows kernel upgrades)
 
     **Example:**
 
@@ -208,12 +260,19 @@ def driver(branch: str, version: str, open_modules: bool = True, replace: bool =
 
         nvidia.driver(name="Install NVIDIA driver 570.153.02", branch="570", version="570.153.02")
     """
-    spec = host_driver_spec(branch, version, open_modules)
+    spec = host_driver_spec(branch, version, open_modules, source)
     state = snapshot.current(host).driver
     decision = decide_driver(state, spec, replace, required_cuda)
-    if decision.kind in ("conflict", "foreign-too-old"):
-        yield refuse(decision.detail)
+    refusal = secure_boot_check(decision, source)
+    if decision.kind in ("conflict", "foreign-too-old") or refusal:
+        yield refuse(refusal or decision.detail)
         return
+    install: list[str] = []
+    if source == "ubuntu" and decision.kind in ("install", "replace"):
+        install, why, _ = ubuntu_install(branch, version, open_modules, state.kernel)
+        if why:
+            yield refuse(why)
+            return
     if decision.kind == "foreign":
         warn(host, decision.detail)
         host.noop(decision.detail)
@@ -224,11 +283,25 @@ def driver(branch: str, version: str, open_modules: bool = True, replace: bool =
             yield StringCommand("apt-mark", "unhold", *held)
         yield StringCommand(packages.apt_get("purge"), "--allow-change-held-packages", *decision.remove)
     if decision.kind in ("install", "replace"):
-        if state.headers == "missing":
-            warn(host, f"linux-headers-{state.kernel} is not in apt: DKMS cannot build the driver for the running "
-                       "kernel; boot a distro kernel")
-        yield _install_command(state, spec, replacing=decision.kind == "replace")
+        if install:  # Ubuntu's: signed modules, no DKMS build (no headers needed)
+            yield StringCommand(packages.apt_get("install"), "--no-install-recommends",
+                                *(["--allow-downgrades", "--allow-change-held-packages"]
+                                  if decision.kind == "replace" else []), *install)
+        else:
+            if state.headers == "missing":
+                warn(host, f"linux-headers-{state.kernel} is not in apt: DKMS cannot build the driver for the "
+                           "running kernel; boot a distro kernel")
+            yield _install_command(state, spec, replacing=decision.kind == "replace")
         state = snapshot.fresh(host).driver  # read after the install ran (execution time)
+    elif source == "ubuntu" and decision.kind == "ok" and state.kernel:
+        modules = f"linux-modules-nvidia-{branch}-server{'-open' if open_modules else ''}-{state.kernel}"
+        if modules not in snapshot.current(host).packages:  # a kernel without our modules (booted another one)
+            chosen, why = datacenter.choose_modules(host.get_fact(AptShow, packages=(modules,)), modules, version)
+            if chosen is None:
+                yield refuse(f"the running kernel {state.kernel} has no signed NVIDIA modules installed: {why}")
+                return
+            yield StringCommand(packages.apt_get("install"), "--no-install-recommends", f"{modules}={chosen}")
+            state = snapshot.fresh(host).driver
     to_hold = holds_missing(state, spec)
     if to_hold:
         yield StringCommand("apt-mark", "hold", *to_hold)
@@ -254,7 +327,7 @@ def reboot_reason(state: DriverState, spec: DriverSpec) -> str | None:
 
 @operation()
 def reboot_for_driver(branch: str, version: str, open_modules: bool = True, reboot: bool = True,
-                      reboot_timeout: int = 600):
+                      reboot_timeout: int = 600, source: str = "nvidia"):
     """
     Reboot when the loaded NVIDIA kernel module is not the installed driver (or none is loaded and the host asks
     for a reboot); with `reboot` False, fail with a message saying a reboot is needed instead.
@@ -269,7 +342,7 @@ def reboot_for_driver(branch: str, version: str, open_modules: bool = True, rebo
 
         nvidia.reboot_for_driver(name="Reboot into the new NVIDIA driver", branch="570", version="570.153.02")
     """
-    spec = host_driver_spec(branch, version, open_modules)
+    spec = host_driver_spec(branch, version, open_modules, source)
     reason = reboot_reason(snapshot.current(host).driver, spec)
     if reason is None:
         host.noop("the running NVIDIA kernel module matches the installed driver (or none is needed yet)")
@@ -278,6 +351,161 @@ def reboot_for_driver(branch: str, version: str, open_modules: bool = True, rebo
         yield refuse(f"reboot needed: {reason}; reboot the host and run again (nvidia_driver_reboot is false)")
         return
     yield from server.reboot._inner(delay=10, interval=2, reboot_timeout=reboot_timeout)
-    after = reboot_reason(snapshot.fresh(host).driver, spec)
-    if after is not None:
-        yield refuse(f"rebooted, but {after}; check `dkms status` and `journalctl -k` for module build errors")
+    after = snapshot.fresh(host)
+    why = reboot_reason(after.driver, spec)
+    if why is not None:
+        hint = ("Secure Boot is on and NVIDIA's DKMS modules are unsigned: set nvidia_driver_source: ubuntu"
+                if after.preflight.secure_boot and source == "nvidia"
+                else "check `dkms status` and `journalctl -k` for module build or load errors")
+        yield refuse(f"rebooted, but {why}; {hint}")
+
+
+# ---- NVSwitch hosts: the fabric manager; every GPU host: persistence mode -----------------------------------------
+
+
+@operation()
+def fabric_manager(branch: str, version: str):
+    """
+    On a host with NVSwitches on the PCI bus: the fabric manager of the driver release `version`, installed at
+    exactly that version (the fabric manager refuses to run beside another driver version: Fabric Manager user guide,
+    https://docs.nvidia.com/datacenter/tesla/fabric-manager-user-guide/index.html) and held with the driver (the
+    driver's apt pin covers nvidia-*). Without NVSwitches nothing is needed.
+
+    + branch / version: the driver, as given to nvidia.driver
+
+    **Example:**
+
+    .. code:: python
+
+        nvidia.fabric_manager(name="Install the NVSwitch fabric manager", branch="570", version="570.172.08")
+    """
+    state = snapshot.current(host)
+    if not state.preflight.nvswitches:
+        host.noop("no NVSwitch on the PCI bus: no fabric manager needed")
+        return
+    wanted = datacenter.fabric_packages(branch)
+    installed = state.driver.packages
+    exact = [p for p in wanted if p in installed and installed[p].version.split(":")[-1].startswith(version + "-")]
+    missing = [p for p in wanted if p not in exact]
+    if missing:
+        stanzas = host.get_fact(AptShow, packages=tuple(missing))
+        args = []
+        for name in missing:
+            chosen, why = datacenter.choose_version(stanzas, name, version, branch, "apt (NVIDIA's CUDA repository "
+                                                    "or Ubuntu's multiverse)")
+            if chosen is None:
+                yield refuse(f"fabric manager: {why}")
+                return
+            args.append(f"{name}={chosen}")
+        other = [f"{p} {installed[p].version}" for p in missing if p in installed]
+        if other:
+            warn(host, f"fabric manager {', '.join(other)} does not match driver {version}: replacing it")
+        yield StringCommand(packages.apt_get("install"), "--no-install-recommends", "--allow-downgrades",
+                            "--allow-change-held-packages", *args)
+        installed = snapshot.fresh(host).driver.packages
+    unheld = [p for p in wanted if p in installed and not installed[p].held]
+    if unheld:
+        yield StringCommand("apt-mark", "hold", *unheld)
+    elif not missing:
+        host.noop(f"{', '.join(f'{p} {installed[p].version}' for p in wanted)} is installed and held")
+
+
+def _service(name: str, what: str):
+    """Commands that get unit `name` enabled and running, or a noop saying it already is (or is not installed)."""
+    now = snapshot.current(host)
+    unit = now.service(name)
+    if not unit.enabled and unit.active in ("", "inactive"):  # systemd knows no such unit file
+        warn(host, f"{name}.service is not installed: {what} cannot be turned on")
+        host.noop(f"{name} is not installed")
+        return
+    # a unit without an [Install] section (static, or pulled in by another: indirect) is not enabled by hand
+    enable = unit.enabled not in ("static", "indirect", "generated")
+    commands = services.service_commands(name, now.systemd, unit.active, unit.enabled, True, enable, False)
+    if not commands:
+        host.noop(f"{name} is {unit.active} and {unit.enabled}")
+    yield from commands
+
+
+@operation()
+def fabric_service():
+    """
+    On an NVSwitch host whose NVIDIA module is loaded: the `nvidia-fabricmanager` service enabled and running (it
+    configures the NVSwitch fabric; CUDA fails with error 802 "system not yet initialized" until it has).
+
+    **Example:**
+
+    .. code:: python
+
+        nvidia.fabric_service(name="Enable and start the NVSwitch fabric manager")
+    """
+    state = snapshot.current(host)
+    if not state.preflight.nvswitches:
+        host.noop("no NVSwitch on the PCI bus: no fabric manager to run")
+        return
+    if state.driver.smi != "ok":  # after the module loads: the service fails without it
+        host.noop(f"the NVIDIA module is not loaded (nvidia-smi: {state.driver.smi}): the fabric manager starts "
+                  "after it")
+        return
+    yield from _service(datacenter.FABRIC_SERVICE, "the NVSwitch fabric")
+
+
+@operation()
+def persistenced():
+    """
+    `nvidia-persistenced` enabled and running on a host whose NVIDIA module is loaded: the driver stays initialised
+    between GPU programs (NVIDIA's driver persistence guide, https://docs.nvidia.com/deploy/driver-persistence/).
+
+    **Example:**
+
+    .. code:: python
+
+        nvidia.persistenced(name="Enable and start nvidia-persistenced")
+    """
+    state = snapshot.current(host)
+    if state.driver.smi != "ok":
+        host.noop(f"the NVIDIA module is not loaded (nvidia-smi: {state.driver.smi}): no persistence daemon yet")
+        return
+    yield from _service(datacenter.PERSISTENCED_SERVICE, "persistence mode")
+
+
+def fabric_wait_script(timeout: int, driver_version: str) -> str:
+    """Shell polling nvidia-smi until every GPU's fabric state is Completed (or none has a state and the service is
+    active); past `timeout` seconds, or when the service stops, it says so with the fabric manager's log tail."""
+    service, log = datacenter.FABRIC_SERVICE, datacenter.FABRIC_LOG
+    fail = (f"echo \"the NVSwitch fabric is not ready after $waited s: $states; {service} is $(systemctl is-active "
+            f"{service}). The fabric manager must run at the driver's exact version (nvidia_driver_version="
+            f"{driver_version}); raise nvidia_fabric_timeout if it only needs longer. Its log:\" >&2; "
+            f"journalctl -u {service} -n 20 --no-pager >&2 2>/dev/null; tail -n 20 {log} >&2 2>/dev/null; exit 1")
+    return (f"waited=0; while :; do "
+            f"states=$(nvidia-smi --query-gpu=fabric.state,fabric.status --format=csv,noheader 2>&1 | tr '\\n' ';'); "
+            f"active=$(systemctl is-active {service} 2>/dev/null); "
+            f'if [ "$active" = active ] && ! printf "%s" "$states" | tr ";" "\\n" | grep -v "^$" '
+            f"| grep -qv -e '^Completed, Success$' -e '^N/A, N/A$' -e '^\\[N/A\\], \\[N/A\\]$'; then exit 0; fi; "
+            f'if [ "$active" = failed ] || [ "$waited" -ge {int(timeout)} ]; then {fail}; fi; '
+            f"sleep 2; waited=$((waited + 2)); done")
+
+
+@operation()
+def fabric_ready(timeout: int, driver_version: str):
+    """
+    On an NVSwitch host: wait until nvidia-smi reports the fabric completed on every GPU (before vLLM starts);
+    fail past `timeout` seconds with the fabric manager's state and log tail, naming the settings to change.
+
+    + timeout: seconds to wait (nvidia_fabric_timeout)
+    + driver_version: the pinned driver (the fabric manager must match it), for the failure message
+
+    **Example:**
+
+    .. code:: python
+
+        nvidia.fabric_ready(name="Wait for the NVSwitch fabric", timeout=300, driver_version="570.172.08")
+    """
+    state = snapshot.current(host)
+    if not state.preflight.nvswitches:
+        host.noop("no NVSwitch on the PCI bus: no fabric to wait for")
+        return
+    verdict = datacenter.fabric_verdict(state.gpus.fabric, state.service(datacenter.FABRIC_SERVICE).active)
+    if verdict.kind == "ready":
+        host.noop(verdict.detail)
+        return
+    yield StringCommand(fabric_wait_script(timeout, driver_version))

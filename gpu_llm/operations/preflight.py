@@ -39,8 +39,10 @@ def problems(info: HostPreflight, supported_os: list[str], required_gib: float, 
 
 
 def summary(info: HostPreflight, required_gib: float) -> str:
+    extra = f", {len(info.nvswitches)} NVSwitch(es)" if info.nvswitches else ""
+    extra += ", Secure Boot on" if info.secure_boot else ""
     return (f"{info.os_id} {info.arch}, uid {info.uid}, {info.free_kib / KIB_PER_GIB:.1f} GiB free on {info.mount}"
-            f" (>= {required_gib:.1f} GiB), {len(info.pci_gpus)} NVIDIA GPU(s) on PCI")
+            f" (>= {required_gib:.1f} GiB), {len(info.pci_gpus)} NVIDIA GPU(s) on PCI{extra}")
 
 
 @operation()

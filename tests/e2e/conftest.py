@@ -66,10 +66,11 @@ def module_runner(testbed: Testbed, tmp: Path) -> Callable[..., DeployResult]:
 
 
 def prepared_host(testbed: Testbed, fixture: str = "h200-x1", *hub_args: str, min_cc: float = 9.0,
-                  image_from_registry: bool = False, **data: object) -> tuple[Host, dict[str, dict]]:
+                  image_from_registry: bool = False, secure_boot: bool = False,
+                  **data: object) -> tuple[Host, dict[str, dict]]:
     """A fresh host with the stand-in vLLM image the 570 driver runs (loaded before the deploy; with
     `image_from_registry` only in the testbed's registry, for the deploy to pull) and its own fake HF hub (extra
-    `hub_args` for fake_hf.py); returns (host, host data)."""
-    host = testbed.add_host(fixture)
+    `hub_args` for fake_hf.py), booted with Secure Boot on if `secure_boot`; returns (host, host data)."""
+    host = testbed.add_host(fixture, secure_boot=secure_boot)
     return host, {host.name: {**stage_host(testbed, host, *hub_args, min_cc=min_cc,
                                            image_from_registry=image_from_registry), **data}}

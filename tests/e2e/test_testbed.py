@@ -24,12 +24,13 @@ def test_hosts_run_systemd_sshd_and_docker(testbed: Testbed) -> None:
 
 def test_pci_view_shows_the_fixture_gpus_before_any_driver(testbed: Testbed) -> None:
     for h in testbed.hosts:
+        devices = sorted(h.gpus + h.nvswitches, key=lambda d: d["pci_bus_id"])  # lspci lists them in bus order
         out = h.ssh("lspci -nn -d 10de:", check=True).stdout.splitlines()
-        assert len(out) == len(h.gpus)
-        for line, gpu in zip(out, h.gpus):
-            assert f"[10de:{gpu['pci_device_id'][2:]}]" in line
+        assert len(out) == len(devices)
+        for line, dev in zip(out, devices):
+            assert f"[10de:{dev['pci_device_id'][2:]}]" in line
         ids = h.ssh("cat /sys/bus/pci/devices/*/vendor").stdout.split().count("0x10de")
-        assert ids == len(h.gpus)
+        assert ids == len(devices)
         assert json.loads(h.ssh("cat /etc/gpu-llm-testbed/gpus.json").stdout) == h.gpus
 
 
@@ -47,7 +48,7 @@ def test_driver_lifecycle_no_module_then_loaded_then_mismatch(testbed: Testbed) 
     # a newer driver installed without a reboot: library and module differ, as on a real host
     h.ssh("DEBIAN_FRONTEND=noninteractive apt-get install -y -q --allow-downgrades "
           "nvidia-driver-570-open=570.172.08-0ubuntu1 nvidia-utils-570=570.172.08-0ubuntu1 "
-          "nvidia-dkms-570-open=570.172.08-0ubuntu1", check=True)
+          "nvidia-dkms-570-open=570.172.08-0ubuntu1 nvidia-compute-utils-570=570.172.08-0ubuntu1", check=True)
     mismatch = h.ssh("nvidia-smi")
     assert mismatch.returncode == 18 and "Driver/library version mismatch" in mismatch.stdout
     h.reboot()

@@ -120,3 +120,33 @@ def test_docker_api_and_cli_answers_parse_to_the_same_state() -> None:
     assert stopped == ([{"Name": "/x", "Config": {"Labels": {}}, "State": {"Running": False, "Status": "exited"}}],
                        ["a/b@sha256:1"])
     assert parse_docker(["docker-api containers ", "docker-api images "]) == ([], [])  # daemon down: curl -f fails
+
+
+def _snapshot_with_gpu_part(smi: list[str], rc: str) -> list[str]:
+    from gpu_llm.facts.snapshot import PART
+
+    return [f"{PART}driver", "##gpu-llm:dpkg", "##gpu-llm:module", "##gpu-llm:kernel", "6.8.0-60-generic",
+            f"{PART}gpus", "##gpu-llm:pci", "##gpu-llm:smi", *smi, "##gpu-llm:rc", rc]
+
+
+def test_nvidia_smi_runs_once_and_the_driver_state_comes_from_the_gpu_part() -> None:
+    """The driver part asks no nvidia-smi of its own: its state, version and CUDA come from the GPU part's query."""
+    from gpu_llm.facts.nvidia import driver_cuda
+
+    command = snapshot_command(Probe(model_dir="/m", download_unit="d.service", hf_venv="/v"))
+    assert command.count("nvidia-smi --query-gpu=index,name") == 1 and "out=$(nvidia-smi 2>&1)" not in command
+    # the real H200 host (tests/fixtures/h200-host/smi-q.txt): driver 580.159.04 shows "CUDA Version : 13.0"
+    real = (FIXTURES / "h200-host" / "smi-q.txt").read_text()
+    assert "580.159.04" in real and "CUDA Version                                           : 13.0" in real
+    assert driver_cuda("580.159.04") == "13.0" and driver_cuda("570.172.08") == "12.8" and driver_cuda(None) is None
+    ok = parse_snapshot(_snapshot_with_gpu_part(
+        ["0, NVIDIA H200, GPU-eb3db77d, 143771, 9.0, 580.159.04, 00000000:00:06.0"], "0"))
+    assert (ok.driver.smi, ok.driver.smi_driver, ok.driver.smi_cuda) == ("ok", "580.159.04", "13.0")
+    assert ok.driver.kernel == "6.8.0-60-generic" and ok.gpus.gpus[0].name == "NVIDIA H200"
+    no_driver = (FIXTURES / "nvidia-smi" / "smi-no-driver.txt").read_text().splitlines()
+    down = parse_snapshot(_snapshot_with_gpu_part(no_driver, "9"))
+    assert down.driver.smi == "no-driver" == down.gpus.smi and down.driver.smi_driver is None
+    assert "couldn't communicate with the NVIDIA driver" in down.driver.smi_message
+    mismatch = (FIXTURES / "nvidia-smi" / "smi-mismatch.txt").read_text().splitlines()
+    assert parse_snapshot(_snapshot_with_gpu_part(mismatch, "18")).driver.smi == "mismatch"
+    assert parse_snapshot([]).driver.smi == "missing"

@@ -30,9 +30,22 @@ FIXTURES: dict[str, list[dict]] = {
     "a100-40g-x8": _gpus("NVIDIA A100-SXM4-40GB", 8, 40960, "8.0", 0x20B0, 0x030200,
                          ["07:00", "0f:00", "47:00", "4e:00", "87:00", "90:00", "b7:00", "bd:00"],
                          topo_link="NV12", power_w=400, mig_capable=True),
+    # HGX H100 8-GPU baseboard (DGX H100's bus numbers): NVLink through 4 NVSwitches, NV18 between every GPU pair
+    # (18 NVLink 4 links per H100 SXM5); its NVSwitches are in NVSWITCHES below.
+    "hgx-h100-x8": _gpus("NVIDIA H100 80GB HBM3", 8, 81559, "9.0", 0x2330, 0x030200,
+                         ["18:00", "2a:00", "3a:00", "5d:00", "9a:00", "ab:00", "ba:00", "db:00"],
+                         topo_link="NV18", power_w=700, pcie_gen=5, mig_capable=True),
     "h200-x1": [{"name": "NVIDIA H200", "memory_mib": 143771, "compute_cap": "9.0", "pci_bus_id": "00000000:00:06.0",
                  "pci_device_id": "0x2335", "pci_class": "0x030200", "uuid": "GPU-eb3db77d-6b18-9154-a5eb-7b64223dc723",
                  "power_w": 700, "pcie_gen": 5, "mig_capable": True}],
+}
+
+
+# NVSwitches per fixture: NVIDIA PCI functions of class 0x068000 ("other bridge"); 10de:22a3 is "GH100 [H100
+# NVSwitch]" in pci.ids (https://pci-ids.ucw.cz/read/PC/10de/22a3). The fabric manager stand-in configures them.
+NVSWITCHES: dict[str, list[dict]] = {
+    "hgx-h100-x8": [{"pci_bus_id": f"00000000:{bus}.0", "pci_device_id": "0x22a3", "pci_class": "0x068000"}
+                    for bus in ("05:00", "06:00", "07:00", "08:00")],
 }
 
 

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from . import gpus as gpu_fixtures
-from . import registry, ubuntu_archive
+from . import registry, secure_boot, ubuntu_archive
 from .config import PROJECT, REGISTRY_HOSTS, VENDOR_HOSTS, Config
 from .keys import ensure_keys
 from .proc import TestbedError, run, timed
@@ -47,6 +47,7 @@ class Host:
     cfg: Config
     n: int
     fixture: str
+    secure_boot: bool = False  # mokutil reports Secure Boot on; unsigned (DKMS) NVIDIA modules do not load
 
     @property
     def name(self) -> str:
@@ -75,6 +76,11 @@ class Host:
     @property
     def gpus(self) -> list[dict]:
         return gpu_fixtures.FIXTURES[self.fixture]
+
+    @property
+    def nvswitches(self) -> list[dict]:
+        """The fixture's NVSwitches on the fake PCI bus (gpus.NVSWITCHES; none for most fixtures)."""
+        return gpu_fixtures.NVSWITCHES.get(self.fixture, [])
 
     def ssh_args(self) -> list[str]:
         return ["ssh", "-i", str(self.key), "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null",
@@ -138,7 +144,7 @@ class Testbed:
         self.hosts: list[Host] = []
         if self._state_file.exists():
             saved = json.loads(self._state_file.read_text())
-            self.hosts = [Host(self.cfg, h["n"], h["fixture"]) for h in saved["hosts"]]
+            self.hosts = [Host(self.cfg, h["n"], h["fixture"], h.get("secure_boot", False)) for h in saved["hosts"]]
 
     @property
     def _state_file(self) -> Path:
@@ -188,16 +194,20 @@ class Testbed:
                 h.ssh("systemctl is-system-running --wait", timeout=120)
         return self.hosts
 
-    def add_host(self, fixture: str) -> Host:
-        """Boot one more host on a running testbed."""
-        host = Host(self.cfg, max((h.n for h in self.hosts), default=0) + 1, fixture)
+    def add_host(self, fixture: str, secure_boot: bool = False) -> Host:
+        """Boot one more host on a running testbed; `secure_boot`: it reports Secure Boot on (mokutil) and its
+        module stand-in refuses unsigned (DKMS-built) NVIDIA modules, as a real Secure Boot host does."""
+        if fixture not in gpu_fixtures.FIXTURES:
+            raise ValueError(f"GPU fixture {fixture!r}: allowed are {sorted(gpu_fixtures.FIXTURES)}")
+        host = Host(self.cfg, max((h.n for h in self.hosts), default=0) + 1, fixture, secure_boot)
         self._boot(host, docker_base(self.cfg))
         host.wait_ssh()
         host.ssh("systemctl is-system-running --wait", timeout=120)  # as up() does: booted, not only sshd
         return host
 
     def _save(self) -> None:
-        self._state_file.write_text(json.dumps({"hosts": [{"n": h.n, "fixture": h.fixture} for h in self.hosts]}))
+        self._state_file.write_text(json.dumps({"hosts": [{"n": h.n, "fixture": h.fixture, "secure_boot": h.secure_boot}
+                                                          for h in self.hosts]}))
 
     def _bridge(self) -> None:
         br, ip = self.cfg.bridge, self.cfg.bridge_ip
@@ -242,8 +252,14 @@ class Testbed:
         ssh_dir = r / "root/.ssh"
         ssh_dir.mkdir(mode=0o700, exist_ok=True)
         shutil.copy(keys / "id_ed25519.pub", ssh_dir / "authorized_keys")
+        switches = host.nvswitches
         gpu_fixtures.write_gpus_json(host.gpus, r / "etc/gpu-llm-testbed/gpus.json")
-        gpu_fixtures.install_pci_view(host.gpus, r)
+        gpu_fixtures.write_gpus_json(switches, r / "etc/gpu-llm-testbed/nvswitches.json")
+        gpu_fixtures.install_pci_view(host.gpus + switches, r)
+        if host.secure_boot:
+            secure_boot.install(r)
+        else:  # mokutil as on a UEFI host without Secure Boot (the machine's own EFI variables stay out of it)
+            secure_boot.install_mokutil(r, enabled=False)
 
     def _boot(self, host: Host, base: Path) -> None:
         self._prepare_root(host, base)

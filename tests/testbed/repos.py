@@ -39,7 +39,8 @@ ConditionPathExists=/var/lib/gpu-llm-testbed/installed-driver
 [Service]
 Type=oneshot
 RemainAfterExit=yes
-ExecStart=/bin/sh -c 'mkdir -p /run/gpu-llm-testbed && cp /var/lib/gpu-llm-testbed/installed-driver /run/gpu-llm-testbed/loaded-driver'
+# Secure Boot (tests/testbed/secure_boot.py): the kernel loads only signed modules; DKMS builds are not signed
+ExecStart=/bin/sh -c 'if [ -e /etc/gpu-llm-testbed/secure-boot ] && [ ! -e /var/lib/gpu-llm-testbed/module-signed ]; then echo "modprobe: ERROR: could not insert nvidia: Key was rejected by service" >&2; exit 1; fi; mkdir -p /run/gpu-llm-testbed && cp /var/lib/gpu-llm-testbed/installed-driver /run/gpu-llm-testbed/loaded-driver'
 
 [Install]
 WantedBy=sysinit.target
@@ -49,6 +50,7 @@ set -e
 if [ "$1" = configure ]; then
   mkdir -p /var/lib/gpu-llm-testbed
   echo {ver} > /var/lib/gpu-llm-testbed/installed-driver
+  rm -f /var/lib/gpu-llm-testbed/module-signed  # built here by DKMS: not signed
   touch /var/run/reboot-required
   echo "{pkg}" >> /var/run/reboot-required.pkgs
   systemctl enable gpu-llm-testbed-nvidia-module.service >/dev/null 2>&1 || true
@@ -61,6 +63,33 @@ if [ "$1" = remove ] || [ "$1" = purge ]; then
     rm -f /var/lib/gpu-llm-testbed/installed-driver
   fi
 fi
+"""
+# Fabric manager (nvidia-fabricmanager-<branch>, debs/fabric_manager.py) and persistence daemon stand-ins' units.
+FABRIC_UNIT = """[Unit]
+Description=NVIDIA fabric manager service (gpu-llm testbed stand-in)
+After=gpu-llm-testbed-nvidia-module.service
+
+[Service]
+Type=simple
+ExecStart=/usr/bin/nv-fabricmanager -c /usr/share/nvidia/nvswitch/fabricmanager.cfg
+
+[Install]
+WantedBy=multi-user.target
+"""
+PERSISTENCED_UNIT = """[Unit]
+Description=NVIDIA Persistence Daemon (gpu-llm testbed stand-in)
+
+[Service]
+Type=simple
+ExecStart=/usr/bin/nvidia-persistenced --no-fork
+
+[Install]
+WantedBy=multi-user.target
+"""
+PERSISTENCED = """#!/bin/sh
+# gpu-llm testbed stand-in: runs while the NVIDIA module is "loaded" (real: fails without the driver)
+[ -s /run/gpu-llm-testbed/loaded-driver ] || { echo "nvidia-persistenced failed to initialize" >&2; exit 1; }
+exec sleep infinity
 """
 LOGGED = """#!/bin/sh
 mkdir -p /var/log/gpu-llm-testbed
@@ -122,11 +151,23 @@ def cuda_debs(repo_key: bytes) -> list[Deb]:
         "/usr/share/keyrings/cuda-archive-keyring.gpg": (repo_key, 0o644),
         "/etc/apt/sources.list.d/cuda-ubuntu2404-x86_64.list": (source, 0o644)})]
     smi = (DEBS_SRC / "nvidia_smi.py").read_text()
+    fm = (DEBS_SRC / "fabric_manager.py").read_text()
     for branch, versions in DRIVERS.items():
         for upstream in versions:
             ver = f"{upstream}-0ubuntu1"
             debs.append(Deb(f"nvidia-utils-{branch}", ver, control=_virtual("nvidia-utils"),
                             files={"/usr/bin/nvidia-smi": (smi, 0o755)}, description="Ships the nvidia-smi stand-in."))
+            # nvidia-persistenced and its unit live in nvidia-compute-utils-<branch> (Ubuntu's packaging layout)
+            debs.append(Deb(f"nvidia-compute-utils-{branch}", ver, control=_virtual("nvidia-compute-utils"),
+                            files={"/usr/bin/nvidia-persistenced": (PERSISTENCED, 0o755),
+                                   "/usr/lib/systemd/system/nvidia-persistenced.service": (PERSISTENCED_UNIT, 0o644)}))
+            # NVIDIA's repository versions the fabric manager "<driver>-1" (nvidia-fabricmanager-570_570.172.08-1)
+            debs.append(Deb(f"nvidia-fabricmanager-{branch}", f"{upstream}-1", control=_virtual("nvidia-fabricmanager"),
+                            files={"/usr/bin/nv-fabricmanager": (fm.replace("@VERSION@", upstream), 0o755),
+                                   "/usr/share/nvidia/nvswitch/fabricmanager.cfg": ("LOG_FILE_NAME=/var/log/"
+                                                                                    "fabricmanager.log\n", 0o644),
+                                   "/usr/lib/systemd/system/nvidia-fabricmanager.service": (FABRIC_UNIT, 0o644)},
+                            description="Configures the stand-in NVSwitch fabric; refuses another driver version."))
             for flavour in ("", "-open"):
                 dkms = f"nvidia-dkms-{branch}{flavour}"
                 debs.append(Deb(dkms, ver, control=_virtual("nvidia-dkms-kernel"),
@@ -137,7 +178,8 @@ def cuda_debs(repo_key: bytes) -> list[Deb]:
                                 description="Records the installed driver; its boot unit 'loads' the module."))
                 debs.append(Deb(f"nvidia-driver-{branch}{flavour}", ver, control={
                     **_virtual("nvidia-driver-binary"),
-                    "Depends": f"nvidia-utils-{branch} (= {ver}), {dkms} (= {ver})"}))
+                    "Depends": f"nvidia-utils-{branch} (= {ver}), {dkms} (= {ver}), "
+                               f"nvidia-compute-utils-{branch} (= {ver})"}))
     major_minor, tk_ver, nvcc_ver = CUDA_TOOLKIT
     nvcc = (f"#!/bin/sh\necho 'nvcc: NVIDIA (R) Cuda compiler driver'\n"
             f"echo 'Cuda compilation tools, release {major_minor.replace('-', '.')}, V{nvcc_ver}'\n")

@@ -43,8 +43,11 @@ Signed-By: {HOST_KEYRING}
 
 
 def standin_debs(repo_key: bytes) -> list[tuple[str, Deb]]:
-    """Stand-in packages served in the archive: (component, Deb)."""
-    return []
+    """Stand-in packages served in the archive: (component, Deb): Ubuntu's 570-server driver and Canonical's
+    signed modules for the guests' kernel (restricted; tests/testbed/ubuntu_restricted.py)."""
+    from .ubuntu_restricted import restricted_debs
+
+    return restricted_debs(repo_key)
 
 
 def _real_hash(cfg: Config) -> str:

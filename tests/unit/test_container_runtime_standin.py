@@ -47,3 +47,26 @@ def test_create_is_refused_with_nvidia_container_clis_message(tmp_path, monkeypa
     assert runtime.check(bundle) is None
     (bundle / "config.json").write_text(json.dumps({"process": {"env": [f"NVIDIA_REQUIRE_CUDA={REQ}"]}}))
     assert runtime.check(bundle) is None  # no GPU asked for: nothing to check
+
+
+def test_nvswitch_hosts_hand_the_fabric_state_to_the_container(tmp_path, monkeypatch):
+    switches, fabric = tmp_path / "nvswitches.json", tmp_path / "fabric-state"
+    monkeypatch.setattr(runtime, "SWITCHES", switches)
+    monkeypatch.setattr(runtime, "FABRIC", fabric)
+    bundle = tmp_path / "bundle"
+    bundle.mkdir()
+    config = bundle / "config.json"
+
+    def env_after(env: list[str]) -> list[str]:
+        config.write_text(json.dumps({"process": {"env": env}}))
+        runtime.hand_fabric_state(bundle)
+        return json.loads(config.read_text())["process"]["env"]
+
+    switches.write_text("[]")
+    assert env_after(["NVIDIA_VISIBLE_DEVICES=all"]) == ["NVIDIA_VISIBLE_DEVICES=all"]  # no NVSwitch: nothing
+    switches.write_text(json.dumps([{"pci_bus_id": "00000000:05:00.0"}]))
+    assert env_after(["NVIDIA_VISIBLE_DEVICES=all"])[-1] == "GPU_LLM_TESTBED_FABRIC=Not Started"
+    fabric.write_text("Completed\n")
+    assert env_after(["NVIDIA_VISIBLE_DEVICES=all", "GPU_LLM_TESTBED_FABRIC=x"]) == [
+        "NVIDIA_VISIBLE_DEVICES=all", "GPU_LLM_TESTBED_FABRIC=Completed"]
+    assert env_after(["PATH=/bin"]) == ["PATH=/bin"]  # no GPU asked for

@@ -277,3 +277,13 @@ def test_the_deploys_smoke_test_catches_a_thinking_template(launch) -> None:
     bad = launch("--served-model-name", "coder", "--api-key", "k3y", "--chat-template", str(OFFICIAL))
     with pytest.raises(VerifyError, match="thinking"):
         smoke_test(bad.url, "coder", api_key="k3y")
+
+
+def test_cuda_error_802_until_the_fabric_is_completed(env: dict[str, str], model_dir: Path, launch) -> None:
+    """On an NVSwitch host the runtime stand-in passes the fabric state; before the fabric manager completed it,
+    CUDA cannot initialise (torch's Error 802) and the server never starts."""
+    result = run({**env, "GPU_LLM_TESTBED_FABRIC": "Not Started"}, "--model", str(model_dir))
+    assert result.returncode == 1
+    assert "Error 802: system not yet initialized" in result.stderr
+    server = launch(extra_env={"GPU_LLM_TESTBED_FABRIC": "Completed"})
+    assert requests.get(server.url + "/health", timeout=5).status_code == 200

@@ -106,6 +106,29 @@ def check(bundle: Path) -> str | None:
     return None
 
 
+SWITCHES = Path("/etc/gpu-llm-testbed/nvswitches.json")
+FABRIC = Path("/run/gpu-llm-testbed/fabric-state")
+
+
+def hand_fabric_state(bundle: Path) -> None:
+    """On an NVSwitch host, tell the container's CUDA stand-in the fabric state at its start (the real CUDA asks the
+    driver, which answers error 802 "system not yet initialized" until the fabric manager has configured the fabric):
+    GPU_LLM_TESTBED_FABRIC in the process environment, read by standins/fake_vllm.py."""
+    switches = json.loads(SWITCHES.read_text()) if SWITCHES.exists() else []
+    if not switches:
+        return
+    path = bundle / "config.json"
+    config = json.loads(path.read_text())
+    process = config.setdefault("process", {})
+    env = [e for e in process.get("env") or [] if not e.startswith("GPU_LLM_TESTBED_FABRIC=")]
+    visible = dict(e.split("=", 1) for e in env if "=" in e).get("NVIDIA_VISIBLE_DEVICES", "")
+    if not visible or visible in ("void", "none"):
+        return
+    state = FABRIC.read_text().strip() if FABRIC.exists() else "Not Started"
+    process["env"] = [*env, f"GPU_LLM_TESTBED_FABRIC={state}"]
+    path.write_text(json.dumps(config))
+
+
 def report(argv: list[str], error: str) -> None:
     """Write the error where containerd reads an OCI runtime's error: the --log file, in runc's JSON lines when
     --log-format json (docker then prints "OCI runtime create failed: <error>: unknown")."""
@@ -136,6 +159,7 @@ def main(argv: list[str]) -> int:
                 print(error, file=sys.stderr)
                 report(argv, error)
                 return 1
+            hand_fabric_state(bundle)
     os.execvp("runc", ["runc", *argv])
     return 127
 

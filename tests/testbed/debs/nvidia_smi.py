@@ -12,6 +12,8 @@ import time
 from pathlib import Path
 
 GPUS = Path("/etc/gpu-llm-testbed/gpus.json")
+SWITCHES = Path("/etc/gpu-llm-testbed/nvswitches.json")
+FABRIC = Path("/run/gpu-llm-testbed/fabric-state")  # written by the fabric manager stand-in
 LOADED = Path("/run/gpu-llm-testbed/loaded-driver")
 INSTALLED = Path("/var/lib/gpu-llm-testbed/installed-driver")
 CUDA = {"570": "12.8", "575": "12.9", "580": "13.0"}  # CUDA version each driver branch reports
@@ -57,7 +59,19 @@ def fields(gpu: dict, index: int, driver: str) -> dict:
         "utilization.gpu": ("utilization.gpu [%]", "0", " %"),
         "power.limit": ("power.limit [W]", f"{gpu.get('power_w', 300)}.00", " W"),
         "mig.mode.current": ("mig.mode.current", "Disabled" if gpu.get("mig_capable") else "[N/A]", ""),
+        "fabric.state": ("fabric.state", fabric()[0], ""),
+        "fabric.status": ("fabric.status", fabric()[1], ""),
     }
+
+
+def fabric() -> tuple:
+    """(state, status) of every GPU: "N/A" without NVSwitches; else the fabric manager stand-in's progress
+    ("Not Started" until it runs, "In Progress", "Completed" with status "Success")."""
+    switches = json.loads(SWITCHES.read_text()) if SWITCHES.exists() else []
+    if not switches:
+        return ("N/A", "N/A")
+    state = read(FABRIC) or "Not Started"
+    return (state, "Success" if state == "Completed" else "N/A")
 
 
 def load_gpus() -> list:

@@ -24,7 +24,8 @@ apt.repo(name="Add the container toolkit repo", filename="nvidia-container-toolk
              "https://nvidia.github.io/libnvidia-container/stable/deb/amd64 /")
 pkgs = apt.packages(name="Install the pinned driver, docker-ce and the toolkit", update=True, cache_time=3600,
                     packages=[f"nvidia-driver-570-open={DRIVER}", f"nvidia-utils-570={DRIVER}",
-                              f"nvidia-dkms-570-open={DRIVER}", "docker-ce", "nvidia-container-toolkit"])
+                              f"nvidia-dkms-570-open={DRIVER}", f"nvidia-compute-utils-570={DRIVER}", "docker-ce",
+                              "nvidia-container-toolkit"])
 server.reboot(name="Reboot to load the new driver", _if=pkgs.did_change)
 server.shell(name="Configure docker's nvidia runtime", commands=["nvidia-ctk runtime configure --runtime=docker"],
              _if=pkgs.did_change)

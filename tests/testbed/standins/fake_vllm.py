@@ -679,6 +679,14 @@ def main(argv: list[str] | None = None) -> int:
     given = {k: v for k, v in vars(args).items() if v is not None}
     print(f"INFO [utils.py] non-default args: {given}", flush=True)
     print(f"INFO [api_server.py] args: {args}", flush=True)
+    fabric = os.environ.get("GPU_LLM_TESTBED_FABRIC")  # the runtime stand-in's word on an NVSwitch host
+    if fabric is not None and fabric != "Completed":
+        # what vLLM's worker prints when CUDA cannot initialise before the fabric manager configured the NVSwitch
+        # fabric (torch's message, quoted in github.com/haotian-liu/LLaVA/issues/683 and pytorch/pytorch#35710)
+        print("RuntimeError: Unexpected error from cudaGetDeviceCount(). Did you run some cuda functions before "
+              "calling NumCudaDevices() that might have already set an error? Error 802: system not yet initialized",
+              file=sys.stderr, flush=True)
+        return 1
     engine = Engine(args)
     if engine.hung():  # a restart cures the hang (the switch lives in the container's /tmp)
         os.remove(engine.hang_file)
