@@ -4,13 +4,15 @@
 
 Table of contents only; each step is one @deploy in gpu_llm/deploys/. The model download starts in the
 background right after preflight (it is the longest step) and is joined before the container starts.
-Hosts in inventory group `gateways` run the gateway instead of the GPU stack (both when also in `gpu_hosts`).
+Hosts in inventory group `gateways` run the gateway instead of the GPU stack (both when also in `gpu_hosts`);
+hosts in group `monitoring` run Prometheus and Grafana for the whole inventory.
 """
 
 from gpu_llm.deploys.docker import docker
 from gpu_llm.deploys.gateway import fleet_checks, fleet_ready, gateway, gateway_host, gpu_host
 from gpu_llm.deploys.image import image_pull_start, image_pull_wait
 from gpu_llm.deploys.model import model_download_start, model_download_wait
+from gpu_llm.deploys.monitoring import exporters, monitoring, monitoring_host
 from gpu_llm.deploys.nvidia import nvidia
 from gpu_llm.deploys.preflight import preflight, service_preflight
 from gpu_llm.deploys.vllm import vllm, vllm_verify
@@ -32,3 +34,6 @@ if gpu_host():
 fleet_ready()                # every host: the gateway's steps run after every GPU host's
 if gateway_host():
     gateway()                # vllm-router in front of every vLLM instance of the inventory, checked end to end
+exporters()                  # with a `monitoring` group: node + DCGM exporters on every GPU host (checks first)
+if monitoring_host():
+    monitoring()             # Prometheus (targets from the inventory, alert rules) + Grafana (fleet + vLLM dashboards)

@@ -1,4 +1,4 @@
-"""`gpu-llm plan | verify | bench`: the planner without a host, and checks of a running endpoint."""
+"""`gpu-llm plan | verify | bench | status`: the planner without a host, and checks of a running endpoint."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from gpu_llm import bench, verify
+from gpu_llm import bench, status, verify
 from gpu_llm.plan import InstancePlan, PlanError, ServeConfig, plan_instances
 from gpu_llm.plan.container import container_spec, docker_run_args
 from gpu_llm.plan.gpus import parse_compact, parse_query_csv
@@ -25,6 +25,7 @@ def main(argv: list[str] | None = None) -> int:
     _register_plan(sub)
     verify.register(sub)
     bench.register(sub)
+    status.register(sub)
     args = parser.parse_args(argv)
     return args.func(args)
 

@@ -30,10 +30,13 @@ def is_gateway(groups: Iterable[str]) -> bool:
     return GATEWAYS in set(groups)
 
 
+SERVICE_GROUPS = (GATEWAYS, "monitoring")  # hosts of these groups run a fleet service, not the GPU stack
+
+
 def is_gpu_host(groups: Iterable[str]) -> bool:
-    """Every host is a GPU host except one only in `gateways` (not also in `gpu_hosts`)."""
+    """Every host is a GPU host except one in `gateways` or `monitoring` (not also in `gpu_hosts`)."""
     groups = set(groups)
-    return GATEWAYS not in groups or GPU_HOSTS in groups
+    return not groups & set(SERVICE_GROUPS) or GPU_HOSTS in groups
 
 
 def instance_ports(s: Any) -> list[int]:
@@ -119,6 +122,8 @@ def router_args(urls: list[str], s: Any) -> list[str]:
         "--worker-startup-timeout-secs", "60",
         "--request-timeout-secs", "3600",  # long generations stream for minutes
         "--log-level", "info",
+        # its Prometheus metrics, for the monitoring host (vllm-router 0.1.17 defaults: 127.0.0.1:29000)
+        "--prometheus-host", s.gateway_metrics_bind, "--prometheus-port", str(s.gateway_metrics_port),
     ]
 
 

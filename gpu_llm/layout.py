@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Protocol
 
 from gpu_llm.facts.snapshot import Probe
+from gpu_llm.monitoring import RULES_FILE
 from gpu_llm.operations.packages import source_file
 from gpu_llm.plan.config import env_file_path, template_host_path
 from gpu_llm.plan.datacenter import FABRIC_SERVICE, PERSISTENCED_SERVICE
@@ -36,6 +37,20 @@ WATCHDOG_STATE = f"{STATE_DIR}/watchdog-state.json"
 GATEWAY_UNIT = "gpu-llm-gateway.service"
 GATEWAY_UNIT_FILE = f"/etc/systemd/system/{GATEWAY_UNIT}"
 GATEWAY_VENV_MARKER = ".gpu-llm-installed"
+# monitoring (gpu_llm/monitoring.py): Ubuntu's prometheus + node exporter, Grafana from its repository, DCGM exporter
+PROMETHEUS_SERVICE = "prometheus"
+PROMETHEUS_DEFAULTS = "/etc/default/prometheus"  # ARGS of Ubuntu's prometheus.service
+PROMETHEUS_CONFIG = "/etc/prometheus/prometheus.yml"
+NODE_EXPORTER_SERVICE = "prometheus-node-exporter"
+NODE_EXPORTER_DEFAULTS = "/etc/default/prometheus-node-exporter"
+MONITORING_PACKAGES = ("prometheus", "prometheus-node-exporter", "grafana")
+GRAFANA_SERVICE = "grafana-server"
+GRAFANA_KEY = f"{KEYRINGS}/grafana.asc"
+GRAFANA_SOURCE = "grafana"
+GRAFANA_DATASOURCE = "/etc/grafana/provisioning/datasources/gpu-llm.yaml"
+GRAFANA_PROVIDER = "/etc/grafana/provisioning/dashboards/gpu-llm.yaml"
+GRAFANA_DROPIN = f"/etc/systemd/system/{GRAFANA_SERVICE}.service.d/gpu-llm.conf"
+DCGM_CONTAINER = "gpu-llm-dcgm-exporter"
 # with HTTPS (gateway_tls_cert/key): HAProxy from Ubuntu's archive terminates TLS in front of vllm-router
 GATEWAY_TLS_UNIT = "gpu-llm-gateway-tls.service"
 GATEWAY_TLS_UNIT_FILE = f"/etc/systemd/system/{GATEWAY_TLS_UNIT}"
@@ -116,6 +131,18 @@ def gateway_tls_pem_path(s: _Settings) -> str:
     return f"{s.vllm_config_dir}/gateway-tls.pem"
 
 
+def grafana_env_path(s: _Settings) -> str:
+    """0600 environment file of grafana-server (its admin password)."""
+    return f"{s.vllm_config_dir}/grafana.env"
+
+
+def grafana_dashboard_paths() -> list[str]:
+    """The dashboards' files on the monitoring host (fleet + vLLM's: gpu_llm/dashboards/)."""
+    from gpu_llm import dashboards
+
+    return dashboards.paths()
+
+
 def template_path(s: _Settings) -> str:
     """Where the chat template lands on the host (the planner mounts it from there)."""
     return template_host_path(s.vllm_config_dir, s.vllm_chat_template)
@@ -134,13 +161,16 @@ def probe(s: _Settings) -> Probe:
         template_path(s), *(env_file_path(s.vllm_config_dir, n) for n in instance_names(s)),
         watchdog_script_path(s), watchdog_config_path(s), WATCHDOG_UNIT_FILE,
         GATEWAY_UNIT_FILE, gateway_auth_path(s), f"{s.gateway_venv}/{GATEWAY_VENV_MARKER}",
+        PROMETHEUS_DEFAULTS, PROMETHEUS_CONFIG, RULES_FILE, NODE_EXPORTER_DEFAULTS, GRAFANA_KEY, GRAFANA_DATASOURCE,
+        GRAFANA_PROVIDER, GRAFANA_DROPIN, grafana_env_path(s), *grafana_dashboard_paths(),
         GATEWAY_TLS_UNIT_FILE, gateway_tls_config_path(s), gateway_tls_pem_path(s),
     )
-    sources = (DOCKER_SOURCE, NVCT_SOURCE, *(cuda_source(d) for d in CUDA_REPO_DIRS.values()))
+    sources = (DOCKER_SOURCE, NVCT_SOURCE, GRAFANA_SOURCE, *(cuda_source(d) for d in CUDA_REPO_DIRS.values()))
     packages = (*OTHER_PACKAGES, *DOCKER_CE_PACKAGES, *NVCT_PACKAGES, cuda_toolkit_package(s.cuda_toolkit_version),
-                UBUNTU_MODULES_PATTERN)
+                UBUNTU_MODULES_PATTERN, *MONITORING_PACKAGES)
     return Probe(model_dir=s.model_dir, download_unit=DOWNLOAD_UNIT, hf_venv=s.hf_venv,
                  paths=tuple(dict.fromkeys(paths)), packages=packages,
                  sources=tuple(source_file(name) for name in sources),
                  services=(DOCKER_SERVICE, IMAGE_PULL_UNIT, WATCHDOG_UNIT, GATEWAY_UNIT, GATEWAY_TLS_UNIT,
-                           FABRIC_SERVICE, PERSISTENCED_SERVICE))
+                           FABRIC_SERVICE, PERSISTENCED_SERVICE, PROMETHEUS_SERVICE, NODE_EXPORTER_SERVICE,
+                           GRAFANA_SERVICE))

@@ -38,6 +38,7 @@ SECTIONS: dict[str, str] = {
     "vllm_": "vLLM",
     "watchdog_": "Watchdog (GPU hosts)",
     "gateway_": "Gateway (hosts in group gateways)",
+    "monitoring_": "Monitoring (hosts in group monitoring)",
 }
 OUR_PREFIXES = tuple(SECTIONS)
 
@@ -209,6 +210,31 @@ def _max_model_len(v: Any) -> Any:
     if isinstance(v, bool) or not isinstance(v, int) or not 256 <= v <= QWEN3_32B_AWQ.max_position_embeddings:
         raise _Invalid(_max_model_len.allowed)  # type: ignore[attr-defined]
     return v
+
+
+@_allows('"auto" or an IP address, e.g. "10.0.0.5" ("auto": the host\'s inventory address when it is a private IP, '
+         'else 127.0.0.1 on the monitoring host and 0.0.0.0 on the GPU hosts)')
+def _bind(v: Any) -> str:
+    if v == "auto":
+        return v
+    try:
+        return str(ipaddress.ip_address(v))
+    except (ValueError, TypeError):
+        raise _Invalid(_bind.allowed) from None  # type: ignore[attr-defined]
+
+
+@_allows('a duration like "15d", "12h" or "4w" (Prometheus: s, m, h, d, w, y)')
+def _duration(v: Any) -> str:
+    if not isinstance(v, str) or not re.fullmatch(r"[1-9][0-9]*[smhdwy]", v):
+        raise _Invalid(_duration.allowed)  # type: ignore[attr-defined]
+    return v
+
+
+@_allows("a number of seconds greater than 0 and at most 3600")
+def _seconds(v: Any) -> float:
+    if isinstance(v, bool) or not isinstance(v, int | float) or not 0 < v <= 3600:
+        raise _Invalid(_seconds.allowed)  # type: ignore[attr-defined]
+    return float(v)
 
 
 @_allows('an IP address, e.g. "0.0.0.0" or "10.0.0.5"')
@@ -521,6 +547,12 @@ class Settings:
         "/opt/gpu-llm/gateway-venv", _abs_path, "Absolute path of the virtualenv on the gateway host holding vllm-router.")
     gateway_router_requirement: str = setting(
         "vllm-router==0.1.17", _str(), "pip requirement of the router installed into gateway_venv (with hf_pip_args).")
+    # vllm-router 0.1.17 serves Prometheus metrics on --prometheus-host/--prometheus-port, by default 127.0.0.1:29000
+    # (vllm_router/router_args.py of the PyPI wheel vllm-router 0.1.17)
+    gateway_metrics_port: int = setting(
+        29000, _int(1, 65535), "Port of the gateway's Prometheus metrics (vllm-router `--prometheus-port`).")
+    gateway_metrics_bind: str = setting(
+        "0.0.0.0", _ip, "Address the gateway's metrics listen on (vllm-router `--prometheus-host`), for the monitoring host.")
     gateway_tls_cert: str | None = setting(
         None, _str(r"\S+", "a path to a PEM certificate file", allow_none=True),
         "Path on the deploying machine of the PEM certificate (chain) for HTTPS on gateway_port; null = plain HTTP.")
@@ -530,6 +562,41 @@ class Settings:
     gateway_router_port: int = setting(
         18080, _int(1, 65535),
         "With HTTPS: port vllm-router listens on at 127.0.0.1, behind HAProxy terminating TLS on gateway_port.")
+    # ---- Monitoring (hosts in inventory group `monitoring`): Prometheus, Grafana; exporters on the GPU hosts -------
+    monitoring_prometheus_port: int = setting(
+        9090, _int(1, 65535), "Port of Prometheus (Ubuntu's `prometheus` package) on the monitoring host.")
+    monitoring_retention: str = setting(
+        "15d", _duration, "How long Prometheus keeps samples (`--storage.tsdb.retention.time`).")
+    monitoring_scrape_interval: int = setting(
+        15, _int(1, 300), "Seconds between two scrapes of every target (and between two alert rule evaluations).")
+    monitoring_bind: str = setting(
+        "auto", _bind, "Address Prometheus and Grafana listen on (a private one by default; reach them by SSH tunnel "
+        "or that network).")
+    monitoring_exporter_bind: str = setting(
+        "auto", _bind, "Address the node and GPU exporters listen on, on GPU hosts (where the monitoring host reaches "
+        "them).")
+    monitoring_node_exporter_port: int = setting(
+        9100, _int(1, 65535), "Port of the node exporter (Ubuntu's `prometheus-node-exporter`) on every GPU host.")
+    monitoring_gpu_exporter: bool = setting(
+        True, _bool, "Run NVIDIA's DCGM exporter container on every GPU host (GPU utilisation, memory, temperature).")
+    monitoring_gpu_exporter_image: str = setting(
+        "nvcr.io/nvidia/k8s/dcgm-exporter:4.2.3-4.1.3-ubuntu22.04",
+        _str(r"[a-z0-9][a-z0-9._/-]*:[A-Za-z0-9._-]+(@sha256:[0-9a-f]{64})?", 'an image reference with a tag, e.g. '
+             '"nvcr.io/nvidia/k8s/dcgm-exporter:4.2.3-4.1.3-ubuntu22.04"'),
+        "Image of NVIDIA's DCGM exporter (DCGM 4.2.3 supports drivers R450 and newer, incl. 570).")
+    monitoring_gpu_exporter_port: int = setting(
+        9400, _int(1, 65535), "Port of the DCGM exporter on every GPU host.")
+    monitoring_grafana: bool = setting(
+        True, _bool, "Run Grafana (Grafana's signed apt repository) with vLLM's dashboards and a fleet overview.")
+    monitoring_grafana_port: int = setting(
+        3000, _int(1, 65535), "Port of Grafana on the monitoring host.")
+    monitoring_grafana_repo_url: str = setting(
+        "https://apt.grafana.com", _url, "Grafana's apt repository (`stable main`; key at <url>/gpg.key).")
+    monitoring_grafana_admin_password: str | None = setting(
+        None, _str(r"\S{8,}", "a password of at least 8 non-space characters", allow_none=True),
+        "Grafana's admin password (needed with monitoring_grafana); stored 0600 on the host, never printed.")
+    monitoring_ttft_p99_alert: float = setting(
+        10.0, _seconds, "Alert when an instance's time-to-first-token p99 over 5 minutes exceeds this many seconds.")
 
     @classmethod
     def from_data(cls, data: Mapping[str, Any]) -> Settings:
@@ -574,6 +641,8 @@ def _cross_checks(s: dict[str, Any]) -> list[tuple[str, str]]:
         if not re.fullmatch(r"https?://[^\s/]+", url.rstrip("/")):
             problems.append(("gateway_extra_backends", f"gateway_extra_backends item {url!r}: expected a base URL like "
                              "'http://10.0.0.9:8000' (scheme, host, port; no path)"))
+    if s["monitoring_grafana"] and s["monitoring_grafana_port"] == s["monitoring_prometheus_port"]:
+        problems.append(("monitoring_grafana_port", "monitoring_grafana_port and monitoring_prometheus_port must differ"))
     if s["vllm_extra_args"]:
         for arg in s["vllm_extra_args"]:
             if arg.startswith("-") and not arg.startswith("--"):

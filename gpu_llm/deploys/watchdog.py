@@ -11,6 +11,7 @@ from pyinfra.api import deploy
 from gpu_llm.deploys import host_settings
 from gpu_llm.layout import (WATCHDOG_LOG, WATCHDOG_STATE, WATCHDOG_UNIT, WATCHDOG_UNIT_FILE, watchdog_config_path,
                             watchdog_script_path)
+from gpu_llm.monitoring import TEXTFILE_DIR
 from gpu_llm.operations import warn
 from gpu_llm.operations.watchdog import watchdog as watchdog_op
 from gpu_llm.plan import ServeConfig
@@ -38,7 +39,9 @@ def watchdog() -> None:
         settings={"interval": s.watchdog_interval, "stall_seconds": s.watchdog_stall_seconds,
                   "start_grace": s.watchdog_start_grace, "probe_timeout": s.watchdog_probe_timeout,
                   "probe_failures": s.watchdog_probe_failures,
-                  "max_restarts_per_hour": s.watchdog_max_restarts_per_hour},
+                  "max_restarts_per_hour": s.watchdog_max_restarts_per_hour,
+                  # its restart counter for the node exporter's textfile collector (read when monitoring runs)
+                  "metrics_file": f"{TEXTFILE_DIR}/gpu-llm-watchdog.prom"},
         log_file=WATCHDOG_LOG,
         state_file=WATCHDOG_STATE,
     )

@@ -93,6 +93,7 @@ class Track:
     advanced_at: float | None = None  # when it last moved (or when running > 0 was first seen)
     failures: int = 0  # consecutive failed liveness probes
     restarts: list[float] = field(default_factory=list)  # epoch seconds of our restarts of it
+    total: int = 0  # restarts of it since the watchdog was installed (gpu_llm_watchdog_restarts_total)
     said: str = ""  # last "left alone" message, said once
 
 
@@ -239,15 +240,49 @@ def load_state(path: str) -> dict[str, list[float]]:
         return {}
 
 
+def load_totals(path: str) -> dict[str, int]:
+    """Restarts by the watchdog since it was installed, per container (the counter the monitoring scrapes)."""
+    try:
+        with open(path, encoding="utf-8") as fh:
+            return {k: int(v) for k, v in json.load(fh).get("totals", {}).items()}
+    except (OSError, ValueError, AttributeError, TypeError):
+        return {}
+
+
 def save_state(path: str, tracks: dict[str, Track]) -> None:
     tmp = path + ".tmp"
     try:
         os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
         with open(tmp, "w", encoding="utf-8") as fh:
-            json.dump({"restarts": {name: t.restarts for name, t in tracks.items()}}, fh)
+            json.dump({"restarts": {name: t.restarts for name, t in tracks.items()},
+                       "totals": {name: t.total for name, t in tracks.items()}}, fh)
         os.replace(tmp, path)
     except OSError as exc:
         log.warning("cannot write the state file %s: %s", path, exc)
+
+
+METRIC = "gpu_llm_watchdog_restarts_total"
+
+
+def metrics_text(tracks: dict[str, Track]) -> str:
+    """Prometheus text for the node exporter's textfile collector: one counter per watched container."""
+    lines = [f"# HELP {METRIC} Restarts of a hung vLLM container by the gpu-llm watchdog.", f"# TYPE {METRIC} counter"]
+    lines += [f'{METRIC}{{container="{name}"}} {t.total}' for name, t in sorted(tracks.items())]
+    return "\n".join(lines) + "\n"
+
+
+def write_metrics(path: str | None, tracks: dict[str, Track]) -> None:
+    """The counter file in the node exporter's textfile directory, when that directory exists (written whole and
+    renamed into place, as the collector's documentation asks)."""
+    if not path or not os.path.isdir(os.path.dirname(path)):
+        return
+    try:
+        with open(path + ".tmp", "w", encoding="utf-8") as fh:
+            fh.write(metrics_text(tracks))
+        os.chmod(path + ".tmp", 0o644)
+        os.replace(path + ".tmp", path)
+    except OSError as exc:
+        log.warning("cannot write the metrics file %s: %s", path, exc)
 
 
 def tick(config: dict[str, Any], tracks: dict[str, Track], state_file: str) -> None:
@@ -270,6 +305,7 @@ def tick(config: dict[str, Any], tracks: dict[str, Track], state_file: str) -> N
             log.warning("%s (port %s): hung: %s; restarting it (docker restart)", name, inst["port"], reason)
             ok, out = restart(name)
             track.restarts.append(time.time())
+            track.total += 1
             track.said = ""
             save_state(state_file, tracks)
             if ok:
@@ -288,6 +324,9 @@ def tick(config: dict[str, Any], tracks: dict[str, Track], state_file: str) -> N
         elif track.said:
             log.info("%s (port %s): engine answers again; watching", name, inst["port"])
             track.said = ""
+    # every tick: the textfile directory may appear after the watchdog started (the node exporter installed later),
+    # and the counter must exist at 0 before a first restart for increase() to count that restart
+    write_metrics(settings.get("metrics_file"), tracks)
 
 
 def setup_logging(log_file: str | None) -> None:
@@ -314,8 +353,12 @@ def main(argv: list[str] | None = None) -> int:
         config = json.load(fh)
     setup_logging(config.get("log_file"))
     state_file = config.get("state_file", "/var/lib/gpu-llm/watchdog-state.json")
-    tracks = {name: Track(restarts=times) for name, times in load_state(state_file).items()}
+    totals = load_totals(state_file)
+    tracks = {name: Track(restarts=times, total=totals.get(name, 0)) for name, times in load_state(state_file).items()}
+    for inst in config["instances"]:
+        tracks.setdefault(inst["container"], Track())
     s = config["settings"]
+    write_metrics(s.get("metrics_file"), tracks)
     log.info("watching %s every %ss (stall %ss, start grace %ss, probe timeout %ss x %s, at most %s restarts/hour)",
              ", ".join(f"{i['container']}:{i['port']}" for i in config["instances"]) or "nothing", s["interval"],
              s["stall_seconds"], s["start_grace"], s["probe_timeout"], s["probe_failures"],

@@ -8,7 +8,7 @@ from pathlib import Path
 
 PROJECT = Path(__file__).resolve().parents[2]
 TESTBED_DIR = Path(__file__).resolve().parent
-VENDOR_HOSTS = ("developer.download.nvidia.com", "nvidia.github.io", "download.docker.com")
+VENDOR_HOSTS = ("developer.download.nvidia.com", "nvidia.github.io", "download.docker.com", "apt.grafana.com")
 # Docker Hub's names: `docker pull vllm/vllm-openai:TAG` talks to registry-1.docker.io only (no auth asked by a
 # registry whose /v2/ answers 200); the others are in the certificate in case a client asks them.
 REGISTRY_HOSTS = ("registry-1.docker.io", "index.docker.io", "docker.io", "auth.docker.io")

@@ -41,15 +41,22 @@ def ensure_keys(cfg: Config) -> Path:
              "-subj", "/CN=gpu-llm testbed CA", "-keyout", str(d / "ca.key"), "-out", str(d / "ca.crt.tmp"),
              "-addext", "basicConstraints=critical,CA:TRUE", "-addext", "keyUsage=critical,keyCertSign,cRLSign"])
         os.replace(d / "ca.crt.tmp", d / "ca.crt")
-    if not (d / "srv.crt").exists():
-        run(["openssl", "req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=fake-vendors",
-             "-keyout", str(d / "srv.key"), "-out", str(d / "srv.csr")])
-        sans = ",".join(f"DNS:{h}" for h in VENDOR_HOSTS)
-        (d / "ext.cnf").write_text(f"subjectAltName={sans}\nextendedKeyUsage=serverAuth\n")
-        run(["openssl", "x509", "-req", "-in", str(d / "srv.csr"), "-CA", str(d / "ca.crt"), "-CAkey",
-             str(d / "ca.key"), "-CAcreateserial", "-days", "3650", "-extfile", str(d / "ext.cnf"),
-             "-out", str(d / "srv.crt.tmp")])
-        os.replace(d / "srv.crt.tmp", d / "srv.crt")
+    sans = ",".join(f"DNS:{h}" for h in VENDOR_HOSTS)
+    ext = f"subjectAltName={sans}\nextendedKeyUsage=serverAuth\n"
+    # made again when VENDOR_HOSTS gained a name (the CA stays: hosts trust the CA, not this certificate)
+    if not (d / "srv.crt").exists() or not (d / "ext.cnf").exists() or (d / "ext.cnf").read_text() != ext:
+        with open(d / ".srv.lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            if not (d / "srv.crt").exists() or (d / "ext.cnf").read_text() != ext:
+                run(["openssl", "req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=fake-vendors",
+                     "-keyout", str(d / "srv.key.tmp"), "-out", str(d / "srv.csr")])
+                (d / "ext.cnf.tmp").write_text(ext)
+                run(["openssl", "x509", "-req", "-in", str(d / "srv.csr"), "-CA", str(d / "ca.crt"), "-CAkey",
+                     str(d / "ca.key"), "-CAcreateserial", "-days", "3650", "-extfile", str(d / "ext.cnf.tmp"),
+                     "-out", str(d / "srv.crt.tmp")])
+                os.replace(d / "srv.key.tmp", d / "srv.key")
+                os.replace(d / "srv.crt.tmp", d / "srv.crt")
+                os.replace(d / "ext.cnf.tmp", d / "ext.cnf")
     # the registry standing in for Docker Hub: its names, and the address it listens on in every testbed
     # (the harness pushes to that address directly, the guests reach it by name through the rate-limiting proxy)
     _server_cert(d, "registry", "fake-docker-hub", ",".join([*(f"DNS:{h}" for h in REGISTRY_HOSTS),

@@ -20,6 +20,8 @@ CUDA_DIR = "compute/cuda/repos/ubuntu2404/x86_64"
 CUDA_URL = f"https://developer.download.nvidia.com/{CUDA_DIR}"
 NVCT_DIR = "libnvidia-container/stable/deb/amd64"
 DOCKER_DIR = "linux/ubuntu"
+# Grafana's repository (https://apt.grafana.com, `deb ... stable main`, key /gpg.key) sits at the root of its host
+GRAFANA_VERSION = "12.3.0"
 # Which path prefix (under the served root) each repo name covers; break_repo() stops serving one.
 REPO_PREFIXES = {"cuda": "/compute/cuda/", "container-toolkit": "/libnvidia-container/", "docker": "/linux/ubuntu/"}
 DRIVERS = {"570": ["570.153.02", "570.172.08", "570.195.03"], "575": ["575.57.08"]}
@@ -215,6 +217,90 @@ def docker_debs() -> list[Deb]:
             Deb("docker-compose-plugin", "2.38.2-1~ubuntu.24.04~noble")]
 
 
+GRAFANA_UNIT = """[Unit]
+Description=Grafana instance
+Documentation=http://docs.grafana.org
+Wants=network-online.target
+After=network-online.target
+
+[Service]
+EnvironmentFile=/etc/default/grafana-server
+User=grafana
+Group=grafana
+Type=simple
+Restart=on-failure
+WorkingDirectory=/usr/share/grafana
+RuntimeDirectory=grafana
+RuntimeDirectoryMode=0750
+ExecStart=/usr/share/grafana/bin/grafana server --config=${CONF_FILE} --pidfile=${PID_FILE_DIR}/grafana-server.pid \\
+  --packaging=deb cfg:default.paths.logs=${LOG_DIR} cfg:default.paths.data=${DATA_DIR} \\
+  cfg:default.paths.plugins=${PLUGINS_DIR} cfg:default.paths.provisioning=${PROVISIONING_CFG_DIR}
+
+[Install]
+WantedBy=multi-user.target
+"""
+GRAFANA_DEFAULTS = """GRAFANA_USER=grafana
+GRAFANA_GROUP=grafana
+GRAFANA_HOME=/usr/share/grafana
+LOG_DIR=/var/log/grafana
+DATA_DIR=/var/lib/grafana
+MAX_OPEN_FILES=10000
+CONF_DIR=/etc/grafana
+CONF_FILE=/etc/grafana/grafana.ini
+RESTART_ON_UPGRADE=false
+PLUGINS_DIR=/var/lib/grafana/plugins
+PROVISIONING_CFG_DIR=/etc/grafana/provisioning
+PID_FILE_DIR=/var/run/grafana
+"""
+# Like Grafana's postinst: a system user, its directories, and the service NOT started or enabled on install
+GRAFANA_POSTINST = """#!/bin/sh
+set -e
+if [ "$1" = configure ]; then
+  getent group grafana >/dev/null || addgroup --system --quiet grafana
+  getent passwd grafana >/dev/null || adduser --system --quiet --ingroup grafana --no-create-home \\
+    --home /usr/share/grafana grafana
+  mkdir -p /var/lib/grafana /var/log/grafana /var/lib/grafana/plugins
+  chown -R grafana:grafana /var/lib/grafana /var/log/grafana
+  chown root:grafana /etc/grafana/grafana.ini && chmod 640 /etc/grafana/grafana.ini
+  echo "### NOT starting on installation, please execute the following statements to configure grafana to start"
+  echo " automatically using systemd"
+fi
+"""
+
+
+def grafana_debs() -> list[Deb]:
+    """Grafana's package: its unit, defaults file, config and provisioning directories as the real .deb lays them
+    out; the server is debs/grafana_server.py (see its docstring for what it does and does not do)."""
+    server = (DEBS_SRC / "grafana_server.py").read_text()
+    return [Deb("grafana", GRAFANA_VERSION, control={"Depends": "adduser, python3, python3-yaml"},
+                files={"/usr/share/grafana/bin/grafana": (server, 0o755),
+                       "/usr/lib/systemd/system/grafana-server.service": (GRAFANA_UNIT, 0o644),
+                       "/etc/default/grafana-server": (GRAFANA_DEFAULTS, 0o644),
+                       "/etc/grafana/grafana.ini": ("; testbed stand-in: the server reads GF_* variables only\n",
+                                                    0o644),
+                       "/etc/grafana/provisioning/dashboards/sample.yaml": ("# apiVersion: 1\n", 0o644),
+                       "/etc/grafana/provisioning/datasources/sample.yaml": ("# apiVersion: 1\n", 0o644)},
+                scripts={"postinst": GRAFANA_POSTINST},
+                description="Grafana stand-in: provisioning and a few API endpoints (debs/grafana_server.py).")]
+
+
+def build_grafana(keys: Path, www: Path, work: Path) -> None:
+    """https://apt.grafana.com: /gpg.key, dists/stable/main/binary-amd64/Packages, pool/main/g/grafana/*.deb."""
+    for deb in grafana_debs():
+        deb.build(work, www / "pool/main/g/grafana")
+    binary = www / "dists/stable/main/binary-amd64"
+    binary.mkdir(parents=True)
+    run(["sh", "-c", f"cd '{www}' && apt-ftparchive packages pool/main/g > dists/stable/main/binary-amd64/Packages "
+                     "&& gzip -kf dists/stable/main/binary-amd64/Packages"])
+    opts = " ".join(f"-o APT::FTPArchive::Release::{k}={v}" for k, v in
+                    (("Origin", "grafana"), ("Label", "grafana"), ("Suite", "stable"), ("Codename", "stable"),
+                     ("Components", "main"), ("Architectures", "amd64")))
+    run(["sh", "-c", f"cd '{www}' && apt-ftparchive {opts} release dists/stable > dists/stable/Release.new "
+                     "&& mv dists/stable/Release.new dists/stable/Release"])
+    sign_release(keys, www / "dists/stable")
+    (www / "gpg.key").write_text((keys / "repo-key.asc").read_text())
+
+
 def sign_release(keys: Path, d: Path) -> None:
     """InRelease and Release.gpg for `d`/Release, signed by the testbed's repo key."""
     env = gpg_env(keys)
@@ -258,5 +344,6 @@ def build_www(cfg: Config, www: Path) -> Path:
     run(["sh", "-c", f"cd '{docker}' && apt-ftparchive {opts} release dists/noble > dists/noble/Release.new "
                      "&& mv dists/noble/Release.new dists/noble/Release"])
     sign_release(keys, rel)
+    build_grafana(keys, www, work)
     shutil.rmtree(work)
     return www

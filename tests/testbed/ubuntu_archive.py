@@ -29,8 +29,9 @@ ARCHIVE_HOSTS = ("archive.ubuntu.com", "security.ubuntu.com")
 ARCHIVE_DIR = "ubuntu"  # http://archive.ubuntu.com/ubuntu -> <www>/ubuntu
 SUITE = "noble"
 COMPONENTS = ("main", "restricted", "universe", "multiverse")
-# Real packages from Ubuntu noble (the gateway's TLS front end).
-REAL_PACKAGES: tuple[str, ...] = ("haproxy",)
+# Real packages from Ubuntu noble (the gateway's TLS front end; the monitoring's Prometheus and node exporter, and
+# python3-yaml for the Grafana stand-in, tests/testbed/debs/grafana_server.py).
+REAL_PACKAGES: tuple[str, ...] = ("haproxy", "prometheus", "prometheus-node-exporter", "python3-yaml")
 HOST_KEYRING = "/usr/share/keyrings/gpu-llm-testbed-archive.gpg"
 # deb822 source as Ubuntu 24.04 ships it in /etc/apt/sources.list.d/ubuntu.sources, but for the testbed's key
 HOST_SOURCES = f"""Types: deb

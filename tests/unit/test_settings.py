@@ -260,7 +260,7 @@ def test_every_setting_has_our_prefix_and_sections_are_contiguous():
     order = [settings.section(n) for n in names]
     runs = [s for i, s in enumerate(order) if i == 0 or order[i - 1] != s]
     assert runs == ["preflight", "NVIDIA driver", "CUDA toolkit", "Docker", "NVIDIA Container Toolkit", "Model", "vLLM",
-                    "Watchdog (GPU hosts)", "Gateway (hosts in group gateways)"]
+                    "Watchdog (GPU hosts)", "Gateway (hosts in group gateways)", "Monitoring (hosts in group monitoring)"]
 
 
 def test_markdown_table_has_every_setting_with_default_allowed_values_and_doc():

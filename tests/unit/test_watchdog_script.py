@@ -221,3 +221,22 @@ def test_watchdog_settings_are_checked_before_any_change() -> None:
     assert "did you mean 'watchdog_stall_seconds'" in str(err.value)
     assert "watchdog_enabled='yes' is invalid: expected true or false" in str(err.value)
     assert from_data({"watchdog_enabled": False, "watchdog_interval": 30, "watchdog_stall_seconds": 40})
+
+
+def test_restart_counter_for_the_node_exporter_textfile(tmp_path):
+    """The counter survives a restart of the watchdog (state file) and lands in the textfile directory only when
+    that directory exists (the node exporter installed)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    state = str(tmp_path / "state.json")
+    tracks = {"coder": wd.Track(restarts=[1.0], total=3), "coder-b": wd.Track()}
+    wd.save_state(state, tracks)
+    assert wd.load_totals(state) == {"coder": 3, "coder-b": 0}
+    missing = tmp_path / "absent" / "gpu-llm-watchdog.prom"
+    wd.write_metrics(str(missing), tracks)
+    assert not missing.parent.exists()
+    prom = tmp_path / "gpu-llm-watchdog.prom"
+    wd.write_metrics(str(prom), tracks)
+    (family,) = text_string_to_metric_families(prom.read_text())
+    assert family.name == "gpu_llm_watchdog_restarts" and family.type == "counter"
+    assert {s.labels["container"]: s.value for s in family.samples} == {"coder": 3.0, "coder-b": 0.0}

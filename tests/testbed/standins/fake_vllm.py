@@ -139,6 +139,40 @@ def parse_len(text: str) -> int:
         raise
 
 
+# vLLM 0.26.0's bucket bounds (tests/fixtures/vllm_hang/metrics_load.txt)
+_TTFT_BOUNDS = (0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0, 20.0, 40.0,
+                80.0, 160.0, 640.0, 2560.0)
+_TOKEN_BOUNDS = (0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0, 20.0, 40.0,
+                 80.0)
+HISTOGRAMS = {"vllm:time_to_first_token_seconds": _TTFT_BOUNDS, "vllm:inter_token_latency_seconds": _TOKEN_BOUNDS,
+              "vllm:request_time_per_output_token_seconds": _TOKEN_BOUNDS}
+
+
+class Histogram:
+    """A Prometheus histogram in text form (the image has no prometheus_client)."""
+
+    def __init__(self, bounds: tuple[float, ...]) -> None:
+        self.bounds = bounds
+        self.counts = [0] * (len(bounds) + 1)
+        self.sum = 0.0
+
+    def observe(self, v: float) -> None:
+        self.sum += v
+        for i, b in enumerate(self.bounds):
+            if v <= b:
+                self.counts[i] += 1
+                return
+        self.counts[-1] += 1
+
+    def lines(self, name: str, labels: str) -> list[str]:
+        out = [f"# HELP {name} Histogram of {name.split(':')[1]}.", f"# TYPE {name} histogram"]
+        total = 0
+        for b, c in zip([*map(str, map(float, self.bounds)), "+Inf"], self.counts):
+            total += c
+            out.append(f'{name}_bucket{{{labels},le="{b}"}} {float(total)}')
+        return out + [f"{name}_count{{{labels}}} {float(total)}", f"{name}_sum{{{labels}}} {self.sum}"]
+
+
 class Engine:
     """What the server knows after start-up: names, limits, template, keys."""
 
@@ -182,6 +216,10 @@ class Engine:
         self.generated = 0
         self.prompt_total = 0
         self.success: dict[str, int] = {"stop": 0, "length": 0, "abort": 0, "error": 0, "repetition": 0}
+        # vLLM's latency histograms, with its bucket bounds (tests/fixtures/vllm_hang/metrics_load.txt, vLLM 0.26.0)
+        self.hists = {name: Histogram(bounds) for name, bounds in HISTOGRAMS.items()}
+        self.max_seqs = int(seqs) if seqs else 256  # vLLM's default --max-num-seqs: the KV-cache use stand-in
+        self.request = threading.local()  # per request (one handler thread each): start and last token times
 
     def hung(self) -> bool:
         return os.path.exists(self.hang_file)
@@ -201,8 +239,17 @@ class Engine:
             pass
         time.sleep(delay)
         self.wait_while_hung()
+        now = time.monotonic()
         with self.lock:
             self.generated += 1
+            last = getattr(self.request, "last", None)
+            if last is None:
+                self.hists["vllm:time_to_first_token_seconds"].observe(now - getattr(self.request, "start", now))
+                self.request.first = now
+            else:
+                self.hists["vllm:inter_token_latency_seconds"].observe(now - last)
+            self.request.last = now
+            self.request.tokens = getattr(self.request, "tokens", 0) + 1
 
     def admit(self, prompt_tokens: int) -> None:
         self.wait_while_hung()  # a frozen engine never takes in new requests
@@ -215,6 +262,8 @@ class Engine:
         with self.lock:
             self.running += 1
             self.prompt_total += prompt_tokens
+        self.request.start, self.request.first, self.request.last = time.monotonic(), None, None
+        self.request.tokens = 0
 
     def finish(self, reason: str) -> None:
         if self.slots is not None:
@@ -222,6 +271,11 @@ class Engine:
         with self.lock:
             self.running -= 1
             self.success[reason] = self.success.get(reason, 0) + 1
+            tokens, first = getattr(self.request, "tokens", 0), getattr(self.request, "first", None)
+            if tokens > 1 and first is not None:
+                # vLLM's TPOT: decode time (first token to last) over the tokens after the first
+                self.hists["vllm:request_time_per_output_token_seconds"].observe(
+                    (self.request.last - first) / (tokens - 1))
 
     def metrics(self) -> str:
         """Prometheus text in vLLM's names and labels."""
@@ -244,7 +298,13 @@ class Engine:
                 "# TYPE vllm:request_success_total counter",
                 *(f'vllm:request_success_total{{engine="0",finished_reason="{r}",model_name="{self.names[0]}"}} '
                   f"{float(n)}" for r, n in self.success.items()),
+                "# HELP vllm:kv_cache_usage_perc KV-cache usage. 1 means 100 percent usage.",
+                "# TYPE vllm:kv_cache_usage_perc gauge",
+                # stand-in: the share of --max-num-seqs sequences running (vLLM: blocks in use / all blocks)
+                f"vllm:kv_cache_usage_perc{{{labels}}} {min(1.0, self.running / self.max_seqs)}",
             ]
+            for name, hist in self.hists.items():
+                lines += hist.lines(name, labels)
         return "\n".join(lines) + "\n"
 
     @staticmethod
