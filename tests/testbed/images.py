@@ -36,10 +36,15 @@ def image_tar(cfg: Config, vllm_version: str) -> Path:
     """Cached tarball: trimmed Ubuntu base + /standin/*.py + /standin/flags.json for `vllm_version`."""
     files = {f"standin/{p.name}": p.read_bytes() for p in sorted(STANDINS.glob("*.py"))}
     files["standin/flags.json"] = (json.dumps(flags_for(vllm_version), indent=1) + "\n").encode()
+    return standin_tar(cfg, f"vllm-{vllm_version}", files)
+
+
+def standin_tar(cfg: Config, stem: str, files: dict[str, bytes]) -> Path:
+    """Cached tarball `<stem>-<digest>.tar`: the trimmed Ubuntu base plus `files` (paths under standin/, mode 0755),
+    for `docker import` as a stand-in image."""
     base = image_tarball(cfg)
     digest = hashlib.sha256(base.name.encode() + b"".join(k.encode() + v for k, v in sorted(files.items())))
-    digest = digest.hexdigest()[:16]
-    dest = cfg.cache / "images" / f"vllm-{vllm_version}-{digest}.tar"
+    dest = cfg.cache / "images" / f"{stem}-{digest.hexdigest()[:16]}.tar"
     if dest.exists():
         return dest
     dest.parent.mkdir(exist_ok=True)

@@ -7,41 +7,19 @@ the stand-in is `docker import`-ed into the GPU host under the real reference be
 
 from __future__ import annotations
 
-import hashlib
-import io
-import shutil
 import subprocess
-import tarfile
-import time
 from pathlib import Path
 
 from .harness import Host
+from .images import standin_tar
 from .proc import TestbedError, timed
-from .rootfs import image_tarball
 
 EXPORTER = Path(__file__).resolve().parent / "standins" / "dcgm" / "fake_dcgm_exporter.py"
 ENTRYPOINT = '["python3","/standin/fake_dcgm_exporter.py"]'
 
 
 def dcgm_image_tar(host: Host) -> Path:
-    base = image_tarball(host.cfg)
-    data = EXPORTER.read_bytes()
-    digest = hashlib.sha256(base.name.encode() + data).hexdigest()[:16]
-    dest = host.cfg.cache / "images" / f"dcgm-exporter-{digest}.tar"
-    if dest.exists():
-        return dest
-    dest.parent.mkdir(exist_ok=True)
-    tmp = dest.with_suffix(".tmp")
-    shutil.copy(base, tmp)
-    with tarfile.open(tmp, "a") as tar:
-        d = tarfile.TarInfo("./standin")
-        d.type, d.mode = tarfile.DIRTYPE, 0o755
-        tar.addfile(d)
-        info = tarfile.TarInfo("./standin/fake_dcgm_exporter.py")
-        info.size, info.mode, info.mtime = len(data), 0o755, int(time.time())
-        tar.addfile(info, io.BytesIO(data))
-    tmp.rename(dest)
-    return dest
+    return standin_tar(host.cfg, "dcgm-exporter", {"standin/fake_dcgm_exporter.py": EXPORTER.read_bytes()})
 
 
 def import_dcgm_image(host: Host, image_ref: str) -> None:

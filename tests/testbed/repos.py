@@ -284,20 +284,27 @@ def grafana_debs() -> list[Deb]:
                 description="Grafana stand-in: provisioning and a few API endpoints (debs/grafana_server.py).")]
 
 
+def index_suite(keys: Path, root: Path, suite: str, pools: dict[str, str], origin: str) -> None:
+    """A signed apt suite under `root`/dists/`suite`: for each component, `apt-ftparchive packages` of its pool
+    directory (relative to `root`) into <component>/binary-amd64/Packages(.gz); then Release, InRelease, Release.gpg."""
+    for component, pool in pools.items():
+        (root / "dists" / suite / component / "binary-amd64").mkdir(parents=True, exist_ok=True)
+        (root / pool).mkdir(parents=True, exist_ok=True)
+        out = f"dists/{suite}/{component}/binary-amd64/Packages"
+        run(["sh", "-c", f"cd '{root}' && apt-ftparchive packages {pool} > {out} && gzip -kf {out}"])
+    fields = (("Origin", origin), ("Label", origin), ("Suite", suite), ("Codename", suite),
+              ("Components", " ".join(pools)), ("Architectures", "amd64"))
+    opts = " ".join(f"-o 'APT::FTPArchive::Release::{k}={v}'" for k, v in fields)
+    run(["sh", "-c", f"cd '{root}' && apt-ftparchive {opts} release dists/{suite} > Release.tmp "
+                     f"&& mv Release.tmp dists/{suite}/Release"])
+    sign_release(keys, root / "dists" / suite)
+
+
 def build_grafana(keys: Path, www: Path, work: Path) -> None:
     """https://apt.grafana.com: /gpg.key, dists/stable/main/binary-amd64/Packages, pool/main/g/grafana/*.deb."""
     for deb in grafana_debs():
         deb.build(work, www / "pool/main/g/grafana")
-    binary = www / "dists/stable/main/binary-amd64"
-    binary.mkdir(parents=True)
-    run(["sh", "-c", f"cd '{www}' && apt-ftparchive packages pool/main/g > dists/stable/main/binary-amd64/Packages "
-                     "&& gzip -kf dists/stable/main/binary-amd64/Packages"])
-    opts = " ".join(f"-o APT::FTPArchive::Release::{k}={v}" for k, v in
-                    (("Origin", "grafana"), ("Label", "grafana"), ("Suite", "stable"), ("Codename", "stable"),
-                     ("Components", "main"), ("Architectures", "amd64")))
-    run(["sh", "-c", f"cd '{www}' && apt-ftparchive {opts} release dists/stable > dists/stable/Release.new "
-                     "&& mv dists/stable/Release.new dists/stable/Release"])
-    sign_release(keys, www / "dists/stable")
+    index_suite(keys, www, "stable", {"main": "pool/main/g"}, "grafana")
     (www / "gpg.key").write_text((keys / "repo-key.asc").read_text())
 
 
@@ -333,17 +340,7 @@ def build_www(cfg: Config, www: Path) -> Path:
     asc = (keys / "repo-key.asc").read_text()
     (www / "libnvidia-container/gpgkey").write_text(asc)
     (docker / "gpg").write_text(asc)
-    binary = docker / "dists/noble/stable/binary-amd64"
-    binary.mkdir(parents=True)
-    rel = docker / "dists/noble"
-    run(["sh", "-c", f"cd '{docker}' && apt-ftparchive packages dists/noble/pool/stable > "
-                     "dists/noble/stable/binary-amd64/Packages && gzip -kf dists/noble/stable/binary-amd64/Packages"])
-    opts = " ".join(f"-o APT::FTPArchive::Release::{k}={v}" for k, v in
-                    (("Origin", "Docker"), ("Label", "Docker"), ("Suite", "noble"), ("Codename", "noble"),
-                     ("Components", "stable"), ("Architectures", "amd64")))
-    run(["sh", "-c", f"cd '{docker}' && apt-ftparchive {opts} release dists/noble > dists/noble/Release.new "
-                     "&& mv dists/noble/Release.new dists/noble/Release"])
-    sign_release(keys, rel)
+    index_suite(keys, docker, "noble", {"stable": "dists/noble/pool/stable"}, "Docker")
     build_grafana(keys, www, work)
     shutil.rmtree(work)
     return www

@@ -22,7 +22,7 @@ from pathlib import Path
 
 from .config import Config
 from .proc import TestbedError, run
-from .repos import Deb, sign_release
+from .repos import Deb, index_suite
 from .rootfs import KEYRING, ArchiveUnreachable, _download_failed, cached_dir, docker_base
 
 ARCHIVE_HOSTS = ("archive.ubuntu.com", "security.ubuntu.com")
@@ -103,20 +103,7 @@ def build_archive(cfg: Config, www: Path, keys: Path, repo_key: bytes) -> Path:
     for component, deb in standin_debs(repo_key):
         deb.build(work, root / "pool" / component / deb.name[0] / deb.name)
     shutil.rmtree(work, ignore_errors=True)
-    suite = root / "dists" / SUITE
-    for component in COMPONENTS:
-        binary = suite / component / "binary-amd64"
-        binary.mkdir(parents=True)
-        pool = f"pool/{component}"
-        (root / pool).mkdir(parents=True, exist_ok=True)
-        run(["sh", "-c", f"cd '{root}' && apt-ftparchive packages {pool} > dists/{SUITE}/{component}/binary-amd64/"
-                         f"Packages && gzip -kf dists/{SUITE}/{component}/binary-amd64/Packages"])
-    fields = (("Origin", "Ubuntu"), ("Label", "Ubuntu"), ("Suite", SUITE), ("Codename", SUITE),
-              ("Components", " ".join(COMPONENTS)), ("Architectures", "amd64"))
-    opts = " ".join(f"-o 'APT::FTPArchive::Release::{k}={v}'" for k, v in fields)
-    run(["sh", "-c", f"cd '{root}' && apt-ftparchive {opts} release dists/{SUITE} > Release.tmp "
-                     f"&& mv Release.tmp dists/{SUITE}/Release"])
-    sign_release(keys, suite)
+    index_suite(keys, root, SUITE, {c: f"pool/{c}" for c in COMPONENTS}, "Ubuntu")
     return root
 
 
