@@ -13,8 +13,10 @@ from gpu_llm.facts.gpu import SmiState, smi_state
 from gpu_llm.plan.datacenter import parse_stanzas
 
 # Driver metapackages: "nvidia-driver-570[-server][-open]" (Ubuntu, NVIDIA's repo), "nvidia-driver" (Debian),
-# "nvidia-open" / "cuda-drivers[-570]" (NVIDIA's flavour-neutral ones).
-DRIVER_PACKAGE_RE = re.compile(r"^(nvidia-driver(-\d+(-server)?(-open)?)?|nvidia-open|cuda-drivers(-\d+)?)$")
+# "nvidia-open" / "cuda-drivers[-570]" (NVIDIA's flavour-neutral ones), "nvidia-headless-no-dkms-570[-server][-open]"
+# (what `ubuntu-drivers --gpgpu` installs: gpu_llm/plan/datacenter.py ubuntu_driver).
+DRIVER_PACKAGE_RE = re.compile(r"^(nvidia-driver(-\d+(-server)?(-open)?)?|nvidia-open|cuda-drivers(-\d+)?"
+                               r"|nvidia-headless-no-dkms-\d+(-server)?(-open)?)$")
 # Every package a driver release brings (same version as the metapackage); what we hold and pin.
 DRIVER_PATTERNS = ("nvidia*", "libnvidia*", "xserver-xorg-video-nvidia*", "libxnvctrl*", "cuda-drivers*")
 

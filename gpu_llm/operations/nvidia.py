@@ -56,8 +56,8 @@ def driver_spec(distro: str, branch: str, version: str, open_modules: bool, sour
     Ubuntu: nvidia-driver-<branch>[-open] at "<version>-0ubuntu1" (NVIDIA's ubuntu2204/ubuntu2404 repos, e.g.
     public install scripts pin `nvidia-driver-570-open=570.133.20-0ubuntu1` and its libnvidia-*-570 / nvidia-*-570
     siblings at the same version). Debian: nvidia-open (open modules) or cuda-drivers at "<version>-1"."""
-    if source == "ubuntu":
-        return DriverSpec(version, (f"nvidia-driver-{branch}-server" + ("-open" if open_modules else ""),),
+    if source == "ubuntu":  # the headless metapackage without DKMS (datacenter.ubuntu_driver says why)
+        return DriverSpec(version, (f"nvidia-headless-no-dkms-{branch}-server" + ("-open" if open_modules else ""),),
                           f"{version}-*")
     if distro.startswith("debian"):
         return DriverSpec(version, ("nvidia-open",) if open_modules else ("cuda-drivers",), f"{version}-1")
@@ -82,9 +82,11 @@ def decide_driver(state: DriverState, spec: DriverSpec, replace: bool, required_
     """What to do about the driver, from the host's DriverState (pure)."""
     drivers = state.drivers
     ours = {n for n, p in drivers.items() if n in spec.packages and spec.matches(p.version)}
-    # any other driver metapackage is a different driver, except a flavour-neutral one at our version
+    # any other driver metapackage is a different driver, except a flavour-neutral one or the headless subset of a
+    # driver at our version
     others = {n: p for n, p in drivers.items()
-              if n not in ours and not (n in NEUTRAL_METAPACKAGES and spec.matches(p.version))}
+              if n not in ours and not ((n in NEUTRAL_METAPACKAGES or n.startswith("nvidia-headless-no-dkms-"))
+                                        and spec.matches(p.version))}
     want_text = ", ".join(spec.packages) + f" {spec.package_version}"
     if others:
         have = ", ".join(f"{n} {p.version}" for n, p in sorted(others.items()))
@@ -143,10 +145,13 @@ def ubuntu_install(branch: str, version: str, open_modules: bool, kernel: str) -
         want = datacenter.ubuntu_driver(branch, open_modules, kernel)
     except ValueError as exc:
         return [], f"{exc}: Canonical's precompiled modules exist only for Ubuntu kernels (nvidia_driver_source)", True
-    stanzas = host.get_fact(AptShow, packages=(want.driver, want.modules_kernel))
+    stanzas = host.get_fact(AptShow, packages=(want.driver, want.utils, want.modules_kernel))
     known = any(st.package == want.driver for st in stanzas)
     chosen, why = datacenter.choose_version(stanzas, want.driver, version, branch, UBUNTU_ARCHIVE)
     if chosen is None:
+        return [], why, known
+    utils, why = datacenter.choose_version(stanzas, want.utils, version, branch, UBUNTU_ARCHIVE)
+    if utils is None:
         return [], why, known
     if not any(st.package == want.modules_kernel for st in stanzas):
         return [], (f"{want.modules_kernel} (Canonical's signed modules for the running kernel {kernel}) is not in "
@@ -154,7 +159,8 @@ def ubuntu_install(branch: str, version: str, open_modules: bool, kernel: str) -
     modules, why = datacenter.choose_modules(stanzas, want.modules_kernel, version)
     if modules is None:
         return [], why, known
-    return [f"{want.driver}={chosen}", want.modules_flavour, f"{want.modules_kernel}={modules}"], "", known
+    return [f"{want.driver}={chosen}", f"{want.utils}={utils}", want.modules_flavour,
+            f"{want.modules_kernel}={modules}"], "", known
 
 
 def secure_boot_check(decision: DriverDecision, source: str) -> str | None:

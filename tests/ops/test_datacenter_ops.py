@@ -24,15 +24,19 @@ SWITCHES = [PciGpu(f"0000:0{n}:00.0", "0x22a3") for n in range(5, 9)]
 HGX = HostPreflight(os_id="ubuntu-24.04", nvswitches=SWITCHES)
 SB = HostPreflight(os_id="ubuntu-24.04", secure_boot=True)
 FRESH = DriverState(kernel=KERNEL, headers="available")
+# Ubuntu's dependency shapes (github.com/canonical/nvidia-graphics-drivers, 570-server-noble,
+# debian/templates/control.in): the headless metapackage has no DKMS and no nvidia-smi (nvidia-utils-570-server)
 UBUNTU_SHOW = [
-    "Package: nvidia-driver-570-server-open", f"Version: {V}-0ubuntu0.24.04.1",
-    f"Depends: nvidia-utils-570-server (= {V}-0ubuntu0.24.04.1)", "",
+    "Package: nvidia-headless-no-dkms-570-server-open", f"Version: {V}-0ubuntu0.24.04.1",
+    f"Depends: nvidia-kernel-common-570-server (>= {V}-0ubuntu0.24.04.1), libnvidia-compute-570-server "
+    f"(= {V}-0ubuntu0.24.04.1)", "",
+    "Package: nvidia-utils-570-server", f"Version: {V}-0ubuntu0.24.04.1", "Depends: libc6", "",
     f"Package: linux-modules-nvidia-570-server-open-{KERNEL}", "Version: 6.8.0-60.63+1",
     f"Depends: nvidia-kernel-common-570-server (>= {V})", "",
     f"Package: linux-modules-nvidia-570-server-open-{KERNEL}", "Version: 6.8.0-60.63+2",
     "Depends: nvidia-kernel-common-570-server (>= 570.195.03)", ""]
-TRANSITIONAL_SHOW = ["Package: nvidia-driver-570-server-open", f"Version: {V}-0ubuntu3",
-                     "Depends: nvidia-driver-580-server-open", ""]
+TRANSITIONAL_SHOW = ["Package: nvidia-headless-no-dkms-570-server-open", f"Version: {V}-0ubuntu3",
+                     "Depends: nvidia-headless-no-dkms-580-server-open", ""]
 
 
 def ubuntu(**args):
@@ -59,16 +63,34 @@ def test_secure_boot_keeps_a_driver_that_already_runs():
 
 def test_ubuntu_source_installs_signed_modules_for_the_kernel_and_its_flavour_then_holds():
     after = DriverState(kernel=KERNEL, packages={
-        "nvidia-driver-570-server-open": Package("nvidia-driver-570-server-open", f"{V}-0ubuntu0.24.04.1", False),
+        "nvidia-headless-no-dkms-570-server-open": Package("nvidia-headless-no-dkms-570-server-open",
+                                                           f"{V}-0ubuntu0.24.04.1", False),
+        "nvidia-utils-570-server": Package("nvidia-utils-570-server", f"{V}-0ubuntu0.24.04.1", False),
         "libnvidia-compute-570-server": Package("libnvidia-compute-570-server", f"{V}-0ubuntu0.24.04.1", False)})
     facts = {"LinuxDistribution": NOBLE, "Preflight": SB, "NvidiaDriver": Reads([FRESH, after]),
              "AptShow": UBUNTU_SHOW}
     r = run(nvidia.driver, facts, **ubuntu())
     assert r.commands == [
-        f"{APT} nvidia-driver-570-server-open={V}-0ubuntu0.24.04.1 linux-modules-nvidia-570-server-open-generic "
+        f"{APT} nvidia-headless-no-dkms-570-server-open={V}-0ubuntu0.24.04.1 nvidia-utils-570-server="
+        f"{V}-0ubuntu0.24.04.1 linux-modules-nvidia-570-server-open-generic "
         f"linux-modules-nvidia-570-server-open-{KERNEL}=6.8.0-60.63+1",
-        "apt-mark hold libnvidia-compute-570-server nvidia-driver-570-server-open"]
-    assert not any("linux-headers" in c for c in r.commands)  # no DKMS build
+        "apt-mark hold libnvidia-compute-570-server nvidia-headless-no-dkms-570-server-open nvidia-utils-570-server"]
+    assert not any("linux-headers" in c or "nvidia-driver-" in c for c in r.commands)  # no DKMS build
+    # decide_driver sees the headless metapackage as the installed driver: the next run keeps it
+    held = DriverState(kernel=KERNEL, smi="ok", smi_driver=V, packages={
+        n: Package(n, p.version, True) for n, p in after.packages.items()})
+    kept = run(nvidia.driver, {"LinuxDistribution": NOBLE, "Preflight": SB, "NvidiaDriver": held,
+                               "DebPackages": {f"linux-modules-nvidia-570-server-open-{KERNEL}": ["6.8.0-60.63+1"]}},
+               **ubuntu())
+    assert kept.commands == [] and "is installed and held" in kept.noops[0], kept.noops
+
+
+def test_ubuntu_source_refuses_when_nvidia_smi_cannot_be_had_at_the_driver_version():
+    show = UBUNTU_SHOW[:4] + UBUNTU_SHOW[8:]  # without nvidia-utils-570-server
+    assert "Package: nvidia-utils-570-server" not in show
+    r = run(nvidia.driver, {"LinuxDistribution": NOBLE, "Preflight": SB, "NvidiaDriver": FRESH, "AptShow": show},
+            **ubuntu())
+    assert len(r.commands) == 1 and r.commands[0].startswith("refuse: nvidia-utils-570-server is not in"), r.commands
 
 
 def test_ubuntu_source_refuses_a_transitional_570_saying_what_it_would_install():
@@ -76,17 +98,18 @@ def test_ubuntu_source_refuses_a_transitional_570_saying_what_it_would_install()
     for op in (nvidia.driver_check, nvidia.driver):
         r = run(op, facts, **ubuntu())
         assert len(r.commands) == 1 and "transitional" in r.commands[0], r.commands
-        assert "nvidia-driver-580-server-open" in r.commands[0] and r.commands[0].startswith("refuse: ")
+        assert "nvidia-headless-no-dkms-580-server-open" in r.commands[0] and r.commands[0].startswith("refuse: ")
 
 
 def test_ubuntu_source_check_waits_for_lists_on_a_fresh_host():
     facts = {"LinuxDistribution": NOBLE, "Preflight": SB, "NvidiaDriver": FRESH, "AptShow": []}
     r = run(nvidia.driver_check, facts, **ubuntu())
-    assert r.commands == [] and "install nvidia-driver-570-server-open" in r.noops[0]
+    assert r.commands == [] and "install nvidia-headless-no-dkms-570-server-open" in r.noops[0]
 
 
 def test_ubuntu_source_reinstalls_modules_missing_for_the_running_kernel():
-    pkgs = {"nvidia-driver-570-server-open": Package("nvidia-driver-570-server-open", f"{V}-0ubuntu0.24.04.1", True)}
+    pkgs = {"nvidia-headless-no-dkms-570-server-open": Package("nvidia-headless-no-dkms-570-server-open",
+                                                               f"{V}-0ubuntu0.24.04.1", True)}
     state = DriverState(packages=pkgs, smi="no-driver", kernel="6.8.0-62-generic")
     show = ["Package: linux-modules-nvidia-570-server-open-6.8.0-62-generic", "Version: 6.8.0-62.65+1",
             f"Depends: nvidia-kernel-common-570-server (>= {V}-0ubuntu0.24.04.1)", ""]
@@ -205,7 +228,7 @@ def test_fabric_wait_script_passes_on_completed_and_fails_with_the_log(tmp_path:
 
 
 def test_ubuntu_source_refuses_modules_built_for_another_release():
-    show = [*UBUNTU_SHOW[:4], *UBUNTU_SHOW[8:]]  # only the module build of 570.195.03
+    show = [*UBUNTU_SHOW[:8], *UBUNTU_SHOW[12:]]  # only the module build of 570.195.03
     facts = {"LinuxDistribution": NOBLE, "Preflight": SB, "NvidiaDriver": FRESH, "AptShow": show}
     r = run(nvidia.driver, facts, **ubuntu())
     assert len(r.commands) == 1 and "built for driver 570.195.03, not 570.172.08" in r.commands[0], r.commands

@@ -78,9 +78,12 @@ def test_kernel_without_flavour_is_an_error():
 
 def test_ubuntu_driver_packages_as_ubuntu_drivers_selects_them():
     d = ubuntu_driver("570", True, "6.8.0-60-generic")
-    assert d.packages == ("nvidia-driver-570-server-open", "linux-modules-nvidia-570-server-open-generic",
+    # the headless metapackage without DKMS (an unsigned build) + nvidia-smi's package, as `--gpgpu` selects them
+    assert d.packages == ("nvidia-headless-no-dkms-570-server-open", "nvidia-utils-570-server",
+                          "linux-modules-nvidia-570-server-open-generic",
                           "linux-modules-nvidia-570-server-open-6.8.0-60-generic")
-    assert ubuntu_driver("570", False, "6.8.0-60-generic").driver == "nvidia-driver-570-server"
+    assert ubuntu_driver("570", False, "6.8.0-60-generic").driver == "nvidia-headless-no-dkms-570-server"
+    assert not any("dkms" in p and "no-dkms" not in p for p in d.packages)
 
 
 SHOW = """Package: nvidia-driver-570-server-open
