@@ -27,6 +27,8 @@ DOWNLOAD_UNIT = "gpu-llm-model-download.service"
 IMAGE_PULL_UNIT = "gpu-llm-image-pull.service"
 IMAGE_PULL_LOG = f"{LOG_DIR}/image-pull.log"
 DOCKER_SERVICE = "docker"
+# persistence mode on (gpu_llm.operations.nvidia.persistenced; files/nvidia-persistenced-gpu-llm.conf says why)
+PERSISTENCED_DROPIN = f"/etc/systemd/system/{PERSISTENCED_SERVICE}.service.d/gpu-llm.conf"
 # the hang watchdog (gpu_llm/remote/watchdog.py) on GPU hosts
 WATCHDOG_UNIT = "gpu-llm-watchdog.service"
 WATCHDOG_UNIT_FILE = f"/etc/systemd/system/{WATCHDOG_UNIT}"
@@ -129,7 +131,8 @@ def probe(s: _Settings) -> Probe:
     """Everything the deploys read on a host, for the one snapshot command."""
     paths = (
         download_script_path(s), verify_script_path(s), s.vllm_config_dir, LOG_DIR, s.model_dir, token_path(s),
-        NOUVEAU_CONF, DRIVER_PIN, UNATTENDED_CONF, STATE_DIR, keyring_deb(s.nvidia_cuda_keyring_version),
+        NOUVEAU_CONF, PERSISTENCED_DROPIN, DRIVER_PIN, UNATTENDED_CONF, STATE_DIR,
+        keyring_deb(s.nvidia_cuda_keyring_version),
         KEYRINGS, DOCKER_KEY, NVCT_KEY, UDEV_RULE,
         template_path(s), *(env_file_path(s.vllm_config_dir, n) for n in instance_names(s)),
         watchdog_script_path(s), watchdog_config_path(s), WATCHDOG_UNIT_FILE,

@@ -63,7 +63,8 @@ def nvidia() -> None:
                                      **driver_args)
         nvidia_ops.fabric_manager(name="Install the NVSwitch fabric manager of the driver",
                                   branch=s.nvidia_driver_branch, version=s.nvidia_driver_version, _if=apt_driver)
-        nvidia_ops.persistenced(name="Enable and start nvidia-persistenced")
+        nvidia_ops.persistenced(name="Enable persistence mode (nvidia-persistenced)",
+                                dropin=(FILES / "nvidia-persistenced-gpu-llm.conf").read_bytes())
     nvidia_ops.fabric_service(name="Enable and start the NVSwitch fabric manager")
     nvidia_ops.fabric_ready(name="Wait until the NVSwitch fabric is completed", timeout=s.nvidia_fabric_timeout,
                             driver_version=s.nvidia_driver_version)

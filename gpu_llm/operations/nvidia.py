@@ -10,7 +10,7 @@ from pyinfra.operations import apt, server
 
 from gpu_llm.facts import snapshot
 from gpu_llm.facts.nvidia import AptShow, DriverState
-from gpu_llm.layout import CUDA_REPO_DIRS, STATE_DIR, cuda_source, keyring_deb
+from gpu_llm.layout import CUDA_REPO_DIRS, PERSISTENCED_DROPIN, STATE_DIR, cuda_source, keyring_deb
 from gpu_llm.operations import (
     download_naming_url,
     operation,
@@ -20,6 +20,7 @@ from gpu_llm.operations import (
     warn,
 )
 from gpu_llm.operations import files as gpu_files
+from gpu_llm.operations.watchdog import file_commands as gpu_files_commands
 from gpu_llm.plan import datacenter
 
 CUDA_KEYRING = "/usr/share/keyrings/cuda-archive-keyring.gpg"  # installed by the cuda-keyring package
@@ -455,23 +456,58 @@ def fabric_service():
     yield from _service(datacenter.FABRIC_SERVICE, "the NVSwitch fabric")
 
 
+# Persistence mode read back after a change: the daemon turns it on while starting (Type=forking: once it returns)
+PERSISTENCE_CHECK = ("n=0; until out=$(nvidia-smi --query-gpu=index,persistence_mode --format=csv,noheader 2>&1) && "
+                     "! printf '%s\\n' \"$out\" | grep -qv ', Enabled$'; do n=$((n + 1)); if [ $n -ge 10 ]; then "
+                     "echo \"persistence mode is not Enabled on every GPU after starting nvidia-persistenced with "
+                     f"{PERSISTENCED_DROPIN}: $out\" >&2; journalctl -u nvidia-persistenced -n 20 --no-pager >&2; "
+                     "exit 1; fi; sleep 1; done")
+
+
 @operation()
-def persistenced():
+def persistenced(dropin: bytes):
     """
-    `nvidia-persistenced` enabled and running on a host whose NVIDIA module is loaded: the driver stays initialised
-    between GPU programs (NVIDIA's driver persistence guide, https://docs.nvidia.com/deploy/driver-persistence/).
+    Persistence mode on, on a host whose NVIDIA module is loaded: `nvidia-persistenced` enabled and running WITH
+    persistence mode, so the driver stays initialised between GPU programs (NVIDIA's driver persistence guide,
+    https://docs.nvidia.com/deploy/driver-persistence/). Ubuntu's packaged unit (NVIDIA's repository reuses it) is
+    static and runs the daemon with --no-persistence-mode: `dropin` (files/nvidia-persistenced-gpu-llm.conf) overrides
+    its ExecStart, adds an [Install] section and keeps it running; nvidia-smi's persistence_mode (read in the
+    snapshot's --query-gpu) must then say Enabled on every GPU.
+
+    + dropin: the systemd drop-in's bytes, written to gpu_llm.layout.PERSISTENCED_DROPIN
 
     **Example:**
 
     .. code:: python
 
-        nvidia.persistenced(name="Enable and start nvidia-persistenced")
+        nvidia.persistenced(name="Enable persistence mode (nvidia-persistenced)", dropin=b"[Service]...")
     """
-    state = snapshot.current(host)
-    if state.driver.smi != "ok":
-        host.noop(f"the NVIDIA module is not loaded (nvidia-smi: {state.driver.smi}): no persistence daemon yet")
+    now = snapshot.current(host)
+    if now.driver.smi != "ok":
+        host.noop(f"the NVIDIA module is not loaded (nvidia-smi: {now.driver.smi}): no persistence daemon yet")
         return
-    yield from _service(datacenter.PERSISTENCED_SERVICE, "persistence mode")
+    name = datacenter.PERSISTENCED_SERVICE
+    unit = now.service(name)
+    if not unit.enabled and unit.active in ("", "inactive"):  # systemd knows no such unit file
+        warn(host, f"{name}.service is not installed: persistence mode cannot be turned on")
+        host.noop(f"{name} is not installed")
+        return
+    if not now.systemd:
+        yield refuse(f"{name} is configured through a systemd drop-in and systemd is not PID 1 on this host")
+        return
+    current = now.files.get(PERSISTENCED_DROPIN)
+    written = gpu_files_commands(PERSISTENCED_DROPIN, dropin, 644, current)
+    modes = now.gpus.persistence
+    off = [str(i) for i, mode in enumerate(modes) if mode != "Enabled"]
+    commands = [*written, *services.service_commands(
+        name, True, unit.active, "disabled" if written else unit.enabled, running=True, is_enabled=True,
+        # a changed drop-in takes effect on restart; a running daemon that left persistence mode off is restarted
+        restarted=unit.active == "active" and (bool(written) or bool(off)), daemon_reload=bool(written))]
+    if not commands:
+        host.noop(f"{name} is {unit.active} and {unit.enabled}; persistence mode Enabled on {len(modes)} GPUs")
+        return
+    yield from commands
+    yield StringCommand(PERSISTENCE_CHECK)
 
 
 def fabric_wait_script(timeout: int, driver_version: str) -> str:

@@ -61,13 +61,16 @@ def test_hgx_converges_with_the_fabric_manager_at_the_driver_version(hgx: Hgx) -
     first, host = hgx.first, hgx.host
     assert first.rc == 0 and first.errors == 0, first.output[-5000:]
     assert {"Install the NVSwitch fabric manager of the driver", "Enable and start the NVSwitch fabric manager",
-            "Enable and start nvidia-persistenced"} <= _changed(first), first.changed_ops
+            "Enable persistence mode (nvidia-persistenced)"} <= _changed(first), first.changed_ops
     assert _held_version(host, FM) == (f"{DRIVER}-1", True)  # the driver's release, held with it
     assert re.search(rf"Candidate: {re.escape(DRIVER)}-1\n", _sh(host, f"apt-cache policy {FM}"))  # pinned
     assert _sh(host, "systemctl is-active nvidia-fabricmanager nvidia-persistenced").split() == ["active", "active"]
     assert _sh(host, "systemctl is-enabled nvidia-fabricmanager nvidia-persistenced").split() == ["enabled", "enabled"]
     fabric = _sh(host, "nvidia-smi --query-gpu=fabric.state,fabric.status --format=csv,noheader").splitlines()
     assert fabric == ["Completed, Success"] * 8, fabric
+    # persistence mode really on: the stand-in unit is Ubuntu's (static, --no-persistence-mode), the drop-in turns it on
+    pm = _sh(host, "nvidia-smi --query-gpu=persistence_mode --format=csv,noheader").split()
+    assert pm == ["Enabled"] * 8, pm
     assert "NV18" in _sh(host, "nvidia-smi topo -m")
     assert "verified" in first.output, first.output[-3000:]  # vllm_verify: /health and a chat completion
     assert "Error 802" not in _sh(host, "docker logs $(docker ps -q | head -n 1) 2>&1")
@@ -142,6 +145,7 @@ def test_secure_boot_host_refused_with_nvidia_source_then_converges_with_ubuntu(
     dkms = _sh(host, "dpkg-query -W -f='${db:Status-Abbrev} ${Package}\\n' 'nvidia-dkms-*' 'nvidia-driver-*' || true")
     assert not [line for line in dkms.splitlines() if line[1:2] == "i"], dkms  # installed (held or not)
     assert _sh(host, "systemctl is-active nvidia-persistenced").strip() == "active"
+    assert _sh(host, "nvidia-smi --query-gpu=persistence_mode --format=csv,noheader").split() == ["Enabled"]
     assert "verified" in converged.output
 
     again = deploy([host], data)

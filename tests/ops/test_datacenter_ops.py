@@ -3,11 +3,13 @@ manager (install pinned + held, service after the module loads, fabric wait) and
 
 from __future__ import annotations
 
+import hashlib
 import subprocess
 from pathlib import Path
 
 from opkit import Reads, run
 
+from gpu_llm.facts.files import FileState
 from gpu_llm.facts.gpu import FabricState, GpuInventory, PciGpu
 from gpu_llm.facts.host import HostPreflight
 from gpu_llm.facts.nvidia import DriverState, Package
@@ -179,12 +181,46 @@ def test_fabric_service_started_after_the_module_loads():
     assert r.commands == [] and r.noops == ["nvidia-fabricmanager is active and enabled"]
 
 
-def test_persistenced_enabled_and_running_once_the_driver_runs():
-    svc = {"nvidia-persistenced": Service("inactive", "disabled")}
-    r = run(nvidia.persistenced, {"Systemd": True, "Services": svc, "NvidiaDriver": loaded()})
-    assert r.commands == ["systemctl enable nvidia-persistenced", "systemctl start nvidia-persistenced"]
-    r = run(nvidia.persistenced, {"Systemd": True, "Services": {}, "NvidiaDriver": loaded()})
+DROPIN = (Path(__file__).resolve().parents[2] / "files" / "nvidia-persistenced-gpu-llm.conf").read_bytes()
+DROPIN_PATH = "/etc/systemd/system/nvidia-persistenced.service.d/gpu-llm.conf"
+
+
+def test_persistence_dropin_turns_persistence_mode_on():
+    # Ubuntu's unit: static, --no-persistence-mode, StopWhenUnneeded (files/nvidia-persistenced-gpu-llm.conf cites it)
+    text = DROPIN.decode()
+    assert "ExecStart=\nExecStart=/usr/bin/nvidia-persistenced --user nvidia-persistenced --persistence-mode" in text
+    assert "StopWhenUnneeded=false" in text and "[Install]\nWantedBy=multi-user.target" in text
+    assert "--no-persistence-mode" not in text.split("[Unit]", 1)[1]
+
+
+def test_persistenced_dropin_enable_restart_then_checked_once_the_driver_runs():
+    static = {"nvidia-persistenced": Service("active", "static")}
+    off = GpuInventory(smi="ok", persistence=["Disabled", "Disabled"])
+    facts = {"Systemd": True, "Services": static, "NvidiaDriver": loaded(), "NvidiaGpus": off,
+             "FileStates": {DROPIN_PATH: FileState("absent", parent_dir=False)}}
+    r = run(nvidia.persistenced, facts, dropin=DROPIN)
+    assert r.commands[0] == f"mkdir -p {DROPIN_PATH.rsplit('/', 1)[0]}"
+    assert r.commands[-4:-1] == ["systemctl daemon-reload", "systemctl enable nvidia-persistenced",
+                                 "systemctl restart nvidia-persistenced"], r.commands
+    assert r.commands[-1] == nvidia.PERSISTENCE_CHECK and "Enabled" in r.commands[-1]
+    # converged: drop-in in place, enabled through it, persistence mode Enabled: nothing to do
+    done = {**facts, "Services": {"nvidia-persistenced": Service("active", "enabled")},
+            "NvidiaGpus": GpuInventory(smi="ok", persistence=["Enabled", "Enabled"]),
+            "FileStates": {DROPIN_PATH: FileState("file", 644, "root", "root", hashlib.sha256(DROPIN).hexdigest())}}
+    r = run(nvidia.persistenced, done, dropin=DROPIN)
+    assert r.commands == [] and r.noops == ["nvidia-persistenced is active and enabled; persistence mode Enabled on 2 "
+                                            "GPUs"]
+    # drift: persistence mode turned off by hand (nvidia-smi -pm 0) -> the daemon is restarted and checked
+    r = run(nvidia.persistenced, {**done, "NvidiaGpus": off}, dropin=DROPIN)
+    assert r.commands == ["systemctl restart nvidia-persistenced", nvidia.PERSISTENCE_CHECK]
+    # stopped -> started (not restarted), checked
+    r = run(nvidia.persistenced, {**done, "Services": {"nvidia-persistenced": Service("inactive", "enabled")}},
+            dropin=DROPIN)
+    assert r.commands == ["systemctl start nvidia-persistenced", nvidia.PERSISTENCE_CHECK]
+    r = run(nvidia.persistenced, {"Systemd": True, "Services": {}, "NvidiaDriver": loaded()}, dropin=DROPIN)
     assert r.commands == [] and "not installed" in r.logs[0]
+    r = run(nvidia.persistenced, {**facts, "NvidiaDriver": DriverState(smi="no-driver")}, dropin=DROPIN)
+    assert r.commands == [] and "not loaded" in r.noops[0]
 
 
 def test_fabric_ready_is_a_noop_only_when_completed():

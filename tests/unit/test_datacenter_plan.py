@@ -141,6 +141,21 @@ def test_inventory_sees_nvswitches_and_fabric():
     assert parse_nvswitches(PCI[:1]) == [] and parse_fabric(["bad"]) == []
 
 
+def test_inventory_reads_persistence_mode_in_the_same_query():
+    from gpu_llm.facts.gpu import QUERY_FIELDS
+
+    assert QUERY_FIELDS.endswith(",persistence_mode")  # one --query-gpu call for GPUs, driver state and this
+    lines = ["##gpu-llm:pci", *PCI, "##gpu-llm:smi",
+             "0, NVIDIA H100 80GB HBM3, GPU-1, 81559, 9.0, 570.172.08, 00000000:18:00.0, Enabled",
+             "1, NVIDIA H100 80GB HBM3, GPU-2, 81559, 9.0, 570.172.08, 00000000:19:00.0, Disabled",
+             "##gpu-llm:rc", "0"]
+    inv = parse_inventory(lines)
+    assert inv.persistence == ["Enabled", "Disabled"] and [g.uuid for g in inv.gpus] == ["GPU-1", "GPU-2"]
+    # a line without the field (older output) still gives the GPU, no persistence reading
+    old = parse_inventory([*lines[:4], lines[4].rsplit(",", 1)[0], "##gpu-llm:rc", "0"])
+    assert old.persistence == [] and len(old.gpus) == 1
+
+
 def test_planner_gives_nvswitch_hosts_no_pcie_workarounds():
     s = Settings.from_data({"vllm_image": "vllm/vllm-openai:v0.10.1", "vllm_layout": "tensor-parallel"})
     link = interconnect("pcie", 4)  # even a topology read as PCIe: the NVSwitches link every pair
