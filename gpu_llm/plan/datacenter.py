@@ -160,9 +160,10 @@ def parse_stanzas(lines: Iterable[str]) -> list[Stanza]:
 
 
 def _other_branch(depends: str, branch: str) -> str | None:
-    """A dependency on another driver branch's package ("libnvidia-extra-580"), or None."""
-    for dep in re.split(r"[,|]", depends):
-        name = dep.strip().split(" ", 1)[0].split(":", 1)[0]
+    """A dependency on another driver branch's package ("libnvidia-extra-580"), or None. Of alternatives ("a | b")
+    only the first counts: apt installs it when it can."""
+    for dep in depends.split(","):
+        name = dep.split("|", 1)[0].strip().split(" ", 1)[0].split(":", 1)[0]
         m = re.search(r"nvidia[a-z0-9-]*?-(\d{3})(-server)?(-open)?$", name)
         if m and m.group(1) != branch:
             return name
@@ -207,7 +208,7 @@ def choose_modules(stanzas: Sequence[Stanza], package: str, version: str) -> tup
         m = re.search(r"nvidia-kernel-common-\d+(?:-server)? \((?:>=|=) ([^)\s]+)\)", s.depends)
         if m:
             built.append(m.group(1))
-            if m.group(1).startswith(version):
+            if m.group(1).split(":")[-1].split("-")[0] == version:  # "570.172.08-0ubuntu0.24.04.1" or "570.172.08"
                 return s.version, ""
     return None, (f"Canonical's signed modules for this kernel ({package}) are built for driver "
                   f"{', '.join(sorted(set(built))) or 'unknown'}, not {version}: set nvidia_driver_version to that "

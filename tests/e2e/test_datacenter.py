@@ -61,7 +61,9 @@ def test_hgx_converges_with_the_fabric_manager_at_the_driver_version(hgx: Hgx) -
     first, host = hgx.first, hgx.host
     assert first.rc == 0 and first.errors == 0, first.output[-5000:]
     assert {"Install the NVSwitch fabric manager of the driver", "Enable and start the NVSwitch fabric manager",
-            "Enable persistence mode (nvidia-persistenced)"} <= _changed(first), first.changed_ops
+            "Enable persistence mode (nvidia-persistenced)",
+            # the fabric manager changed (installed): restarted so its new binary runs (not on the re-run: 0 changes)
+            "Restart the NVSwitch fabric manager after its upgrade"} <= _changed(first), first.changed_ops
     assert _held_version(host, FM) == (f"{DRIVER}-1", True)  # the driver's release, held with it
     assert re.search(rf"Candidate: {re.escape(DRIVER)}-1\n", _sh(host, f"apt-cache policy {FM}"))  # pinned
     assert _sh(host, "systemctl is-active nvidia-fabricmanager nvidia-persistenced").split() == ["active", "active"]

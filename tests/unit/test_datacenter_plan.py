@@ -121,6 +121,20 @@ def test_missing_version_names_what_is_offered():
     assert choose_version([], "x", "570.172.08", "570", "apt")[1].startswith("x is not in this host's apt lists")
 
 
+def test_modules_match_the_exact_release_and_alternatives_count_by_their_first():
+    from gpu_llm.plan.datacenter import choose_modules
+
+    mods = "linux-modules-nvidia-570-server-open-6.8.0-60-generic"
+    built = [Stanza(mods, "6.8.0-60.63+1", "nvidia-kernel-common-570-server (>= 570.172.081-0ubuntu1)"),
+             Stanza(mods, "6.8.0-60.63+2", "nvidia-kernel-common-570-server (>= 570.172.08-0ubuntu0.24.04.1)")]
+    assert choose_modules(built, mods, "570.172.08") == ("6.8.0-60.63+2", "")  # not the 570.172.081 build
+    assert choose_modules(built[:1], mods, "570.172.08")[0] is None
+    alt = [Stanza("libnvidia-x-570", "570.172.08-1", "libnvidia-y-570 (= 570.172.08-1) | libnvidia-y-580")]
+    assert choose_version(alt, "libnvidia-x-570", "570.172.08", "570", "apt") == ("570.172.08-1", "")
+    swapped = [Stanza("libnvidia-x-570", "570.172.08-1", "libnvidia-y-580 | libnvidia-y-570")]
+    assert choose_version(swapped, "libnvidia-x-570", "570.172.08", "570", "apt")[0] is None
+
+
 def test_nvswitch_hosts_are_nvlink_whatever_topo_says():
     assert interconnect("pcie", 4) == "nvlink"
     assert interconnect(None, 4) == "nvlink"
