@@ -59,6 +59,8 @@ def nvidia() -> None:
                       mode="644", _if=apt_driver)
         nvidia_ops.driver(name=f"Install NVIDIA driver {s.nvidia_driver_version}", replace=s.nvidia_driver_replace,
                           required_cuda=required_cuda(ServeConfig.from_settings(s)), **driver_args)
+        nvidia_ops.kernel_hold(name="Hold the kernel metapackages with Ubuntu's signed driver",
+                               source=s.nvidia_driver_source, _if=apt_driver)
         nvidia_ops.reboot_for_driver(name="Reboot into the installed NVIDIA driver if needed",
                                      reboot=s.nvidia_driver_reboot, reboot_timeout=s.nvidia_driver_reboot_timeout,
                                      **driver_args)

@@ -46,6 +46,8 @@ class DriverState(JsonFact):
     headers: str = "missing"
     reboot_required: bool = False
     nouveau_loaded: bool = False
+    # the running kernel flavour's metapackages (linux[-image|-headers]-<flavour>[-hwe-*]) that are installed
+    kernel_meta: dict[str, Package] = field(default_factory=dict)
 
     @property
     def drivers(self) -> dict[str, Package]:
@@ -122,6 +124,7 @@ def parse_driver_state(lines: list[str], smi: tuple[str, str | None, str] | None
         headers=(s.get("headers") or ["missing"])[0].strip(),
         reboot_required=bool(s.get("reboot")),
         nouveau_loaded=bool(s.get("nouveau")),
+        kernel_meta=parse_packages(s.get("kernelmeta", [])),
     )
 
 
@@ -157,6 +160,10 @@ class NvidiaDriver(FactBase[DriverState]):
             'then echo installed; elif apt-cache show "$k" >/dev/null 2>&1; then echo available; else echo missing; fi',
             marker("reboot"), "[ -e /var/run/reboot-required ] && echo required",
             marker("nouveau"), "grep -q '^nouveau ' /proc/modules 2>/dev/null && echo loaded",
+            # the flavour as gpu_llm.plan.datacenter.kernel_flavour reads it ("6.8.0-60-generic" -> "generic")
+            marker("kernelmeta"), "f=$(uname -r | sed -E 's/^[0-9]+[.][0-9]+([.][0-9]+)?-([0-9]+-)?//'); "
+            "dpkg-query -W -f='${db:Status-Abbrev}|${Package}|${Version}\\n' \"linux-$f\" \"linux-image-$f\" "
+            "\"linux-headers-$f\" \"linux-$f-hwe-*\" \"linux-image-$f-hwe-*\" \"linux-headers-$f-hwe-*\" 2>/dev/null",
             "true",
         ])
 

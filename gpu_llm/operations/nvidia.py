@@ -10,7 +10,14 @@ from pyinfra.operations import apt, server
 
 from gpu_llm.facts import snapshot
 from gpu_llm.facts.nvidia import AptShow, DriverState
-from gpu_llm.layout import CUDA_REPO_DIRS, PERSISTENCED_DROPIN, STATE_DIR, cuda_source, keyring_deb
+from gpu_llm.layout import (
+    CUDA_REPO_DIRS,
+    PERSISTENCED_DROPIN,
+    STATE_DIR,
+    UNATTENDED_KERNEL_CONF,
+    cuda_source,
+    keyring_deb,
+)
 from gpu_llm.operations import (
     download_naming_url,
     operation,
@@ -314,6 +321,51 @@ def driver(branch: str, version: str, open_modules: bool = True, replace: bool =
         yield StringCommand("apt-mark", "hold", *to_hold)
     elif decision.kind == "ok":
         host.noop(decision.detail + " and held")
+
+
+def unattended_kernel_conf(names: list[str]) -> bytes:
+    """unattended-upgrades' blacklist of the kernel metapackages `names` (regular expressions matched at the start of
+    package names: each name ends with $, so linux-image-generic does not cover linux-image-generic-hwe-24.04)."""
+    lines = ["// Managed by gpu-llm (nvidia_driver_source: ubuntu): Canonical's signed NVIDIA modules exist for a new",
+             "// kernel only at the archive's newest 570 release, so with the driver pinned a kernel upgrade would boot",
+             "// without a driver. Move the kernel together with nvidia_driver_version (apt-mark unhold these).",
+             "Unattended-Upgrade::Package-Blacklist {", *(f'    "{n}$";' for n in names), "};"]
+    return ("\n".join(lines) + "\n").encode()
+
+
+@operation()
+def kernel_hold(source: str = "nvidia"):
+    """
+    With Ubuntu's signed driver (`source` "ubuntu"): hold the running kernel flavour's installed metapackages
+    (linux[-image|-headers]-<flavour>[-hwe-24.04]) and keep unattended-upgrades away from them. Canonical builds the
+    signed modules of a new kernel (linux-modules-nvidia-<branch>-server[-open]-<kernel>) against the archive's
+    newest driver release; with nvidia-kernel-common-<branch>-server pinned and held at ours they cannot be installed,
+    yet linux-image-<flavour> would still move and the host would reboot into a kernel without a driver. Moving the
+    kernel therefore means moving nvidia_driver_version to a release Canonical built modules for (README).
+
+    + source: nvidia_driver_source; "nvidia" (DKMS builds for each kernel) needs nothing here
+
+    **Example:**
+
+    .. code:: python
+
+        nvidia.kernel_hold(name="Hold the kernel metapackages", source="ubuntu")
+    """
+    if source != "ubuntu":
+        host.noop("NVIDIA's DKMS driver builds its module for each new kernel: kernel metapackages are left alone")
+        return
+    now = snapshot.current(host)
+    metas = now.driver.kernel_meta
+    if not metas:
+        host.noop(f"no kernel metapackage of the running kernel {now.driver.kernel} is installed")
+        return
+    unheld = sorted(n for n, p in metas.items() if not p.held)
+    commands = [*(gpu_files_commands(UNATTENDED_KERNEL_CONF, unattended_kernel_conf(sorted(metas)), 644,
+                                     now.files.get(UNATTENDED_KERNEL_CONF))),
+                *([StringCommand("apt-mark", "hold", *unheld)] if unheld else [])]
+    if not commands:
+        host.noop(f"kernel metapackages {', '.join(sorted(metas))} are held and kept from unattended-upgrades")
+    yield from commands
 
 
 def reboot_reason(state: DriverState, spec: DriverSpec) -> str | None:

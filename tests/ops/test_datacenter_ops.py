@@ -279,3 +279,41 @@ def test_preflight_says_it_saw_the_nvswitches_and_secure_boot():
                          nvswitches=SWITCHES, secure_boot=True)
     r = run(preflight.check, {"Preflight": info}, supported_os=["ubuntu-24.04"], required_gib=44)
     assert r.commands == [] and r.noops[0].endswith("1 NVIDIA GPU(s) on PCI, 4 NVSwitch(es), Secure Boot on")
+
+
+# ---- kernel metapackages with Ubuntu's signed driver ------------------------------------------------------------
+
+KERNEL_CONF = "/etc/apt/apt.conf.d/51gpu-llm-unattended-kernel"
+
+
+def test_ubuntu_source_holds_the_kernel_flavour_metapackages_and_blacklists_them():
+    metas = {n: Package(n, "6.8.0-60.63", False) for n in
+             ("linux-generic", "linux-image-generic", "linux-headers-generic-hwe-24.04")}
+    metas["linux-headers-generic-hwe-24.04"] = Package("linux-headers-generic-hwe-24.04", "6.8.0-60.63", True)
+    facts = {"NvidiaDriver": DriverState(kernel=KERNEL, kernel_meta=metas),
+             "FileStates": {KERNEL_CONF: FileState("absent")}}
+    r = run(nvidia.kernel_hold, facts, source="ubuntu")
+    assert r.commands[-1] == "apt-mark hold linux-generic linux-image-generic"  # the held one is not held again
+    conf = nvidia.unattended_kernel_conf(sorted(metas)).decode()
+    for name in metas:
+        assert f'"{name}$";' in conf
+    assert "Unattended-Upgrade::Package-Blacklist {" in conf and "nvidia_driver_version" in conf
+    # converged: all held, file in place -> nothing to do
+    held = {n: Package(n, p.version, True) for n, p in metas.items()}
+    done = {"NvidiaDriver": DriverState(kernel=KERNEL, kernel_meta=held), "FileStates": {KERNEL_CONF: FileState(
+        "file", 644, "root", "root", hashlib.sha256(conf.encode()).hexdigest())}}
+    r = run(nvidia.kernel_hold, done, source="ubuntu")
+    assert r.commands == [] and "are held and kept from unattended-upgrades" in r.noops[0]
+    # NVIDIA's DKMS driver follows kernels itself: nothing held
+    r = run(nvidia.kernel_hold, facts, source="nvidia")
+    assert r.commands == [] and "DKMS" in r.noops[0]
+
+
+def test_kernel_metapackages_are_read_in_the_driver_part():
+    from gpu_llm.facts.nvidia import NvidiaDriver, parse_driver_state
+
+    assert "linux-image-$f-hwe-*" in NvidiaDriver().command(smi=False)
+    state = parse_driver_state(["##gpu-llm:kernelmeta", "hi |linux-generic|6.8.0-60.63",
+                                "ii |linux-image-generic|6.8.0-60.63", "un |linux-headers-generic|"])
+    assert state.kernel_meta == {"linux-generic": Package("linux-generic", "6.8.0-60.63", True),
+                                 "linux-image-generic": Package("linux-image-generic", "6.8.0-60.63", False)}
