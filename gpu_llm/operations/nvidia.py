@@ -598,7 +598,14 @@ def fabric_ready(timeout: int, driver_version: str):
     if not state.preflight.nvswitches:
         host.noop("no NVSwitch on the PCI bus: no fabric to wait for")
         return
-    verdict = datacenter.fabric_verdict(state.gpus.fabric, state.service(datacenter.FABRIC_SERVICE).active)
+    unit = state.service(datacenter.FABRIC_SERVICE)
+    if not unit.enabled and unit.active in ("", "inactive"):  # systemd knows no such unit: waiting cannot help
+        yield refuse(f"NVSwitches are on the PCI bus but the {datacenter.FABRIC_SERVICE} service is not installed "
+                     "(a driver gpu-llm does not manage, or nvidia_driver_install: false): install "
+                     f"nvidia-fabricmanager-<branch> at the running driver's exact version, or set "
+                     "nvidia_driver_install: true so gpu-llm installs it; CUDA fails with error 802 until it runs")
+        return
+    verdict = datacenter.fabric_verdict(state.gpus.fabric, unit.active)
     if verdict.kind == "ready":
         host.noop(verdict.detail)
         return

@@ -317,3 +317,12 @@ def test_kernel_metapackages_are_read_in_the_driver_part():
                                 "ii |linux-image-generic|6.8.0-60.63", "un |linux-headers-generic|"])
     assert state.kernel_meta == {"linux-generic": Package("linux-generic", "6.8.0-60.63", True),
                                  "linux-image-generic": Package("linux-image-generic", "6.8.0-60.63", False)}
+
+
+def test_fabric_ready_refuses_at_once_without_a_fabric_manager_unit():
+    facts = {"Preflight": HGX, "Services": {}, "NvidiaGpus": GpuInventory(smi="ok", fabric=[
+        FabricState(0, "Not Started", "N/A")])}
+    r = run(nvidia.fabric_ready, facts, timeout=300, driver_version=V)
+    assert len(r.commands) == 1 and r.commands[0].startswith("refuse: NVSwitches are on the PCI bus but the "
+                                                             "nvidia-fabricmanager service is not installed")
+    assert "nvidia_driver_install" in r.commands[0] and "sleep" not in r.commands[0]  # no wait
