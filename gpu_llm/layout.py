@@ -18,6 +18,8 @@ from gpu_llm.plan.datacenter import FABRIC_SERVICE, PERSISTENCED_SERVICE
 NOUVEAU_CONF = "/etc/modprobe.d/gpu-llm-blacklist-nouveau.conf"
 DRIVER_PIN = "/etc/apt/preferences.d/gpu-llm-nvidia-driver"
 UNATTENDED_CONF = "/etc/apt/apt.conf.d/51gpu-llm-unattended-upgrades"
+# nvidia_driver_source: ubuntu: unattended-upgrades keeps the kernel metapackages too (operations.nvidia.kernel_hold)
+UNATTENDED_KERNEL_CONF = "/etc/apt/apt.conf.d/51gpu-llm-unattended-kernel"
 STATE_DIR = "/var/lib/gpu-llm"
 KEYRINGS = "/etc/apt/keyrings"
 DOCKER_KEY = f"{KEYRINGS}/docker.asc"
@@ -28,6 +30,8 @@ DOWNLOAD_UNIT = "gpu-llm-model-download.service"
 IMAGE_PULL_UNIT = "gpu-llm-image-pull.service"
 IMAGE_PULL_LOG = f"{LOG_DIR}/image-pull.log"
 DOCKER_SERVICE = "docker"
+# persistence mode on (gpu_llm.operations.nvidia.persistenced; files/nvidia-persistenced-gpu-llm.conf says why)
+PERSISTENCED_DROPIN = f"/etc/systemd/system/{PERSISTENCED_SERVICE}.service.d/gpu-llm.conf"
 # the hang watchdog (gpu_llm/remote/watchdog.py) on GPU hosts
 WATCHDOG_UNIT = "gpu-llm-watchdog.service"
 WATCHDOG_UNIT_FILE = f"/etc/systemd/system/{WATCHDOG_UNIT}"
@@ -156,7 +160,8 @@ def probe(s: _Settings) -> Probe:
     """Everything the deploys read on a host, for the one snapshot command."""
     paths = (
         download_script_path(s), verify_script_path(s), s.vllm_config_dir, LOG_DIR, s.model_dir, token_path(s),
-        NOUVEAU_CONF, DRIVER_PIN, UNATTENDED_CONF, STATE_DIR, keyring_deb(s.nvidia_cuda_keyring_version),
+        NOUVEAU_CONF, PERSISTENCED_DROPIN, DRIVER_PIN, UNATTENDED_CONF, UNATTENDED_KERNEL_CONF, STATE_DIR,
+        keyring_deb(s.nvidia_cuda_keyring_version),
         KEYRINGS, DOCKER_KEY, NVCT_KEY, UDEV_RULE,
         template_path(s), *(env_file_path(s.vllm_config_dir, n) for n in instance_names(s)),
         watchdog_script_path(s), watchdog_config_path(s), WATCHDOG_UNIT_FILE,

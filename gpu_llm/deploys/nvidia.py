@@ -19,8 +19,9 @@ from gpu_llm.deploys import FILES, TEMPLATES, host_settings
 from gpu_llm.layout import DRIVER_PIN, NOUVEAU_CONF, UNATTENDED_CONF, cuda_toolkit_package
 from gpu_llm.operations import files as gpu_files
 from gpu_llm.operations import nvidia as nvidia_ops
-from gpu_llm.operations import packages, shell
+from gpu_llm.operations import packages, services, shell
 from gpu_llm.plan import ServeConfig, required_cuda
+from gpu_llm.plan.datacenter import FABRIC_SERVICE
 
 
 def render(template: Path, **data: str) -> bytes:
@@ -58,13 +59,19 @@ def nvidia() -> None:
                       mode="644", _if=apt_driver)
         nvidia_ops.driver(name=f"Install NVIDIA driver {s.nvidia_driver_version}", replace=s.nvidia_driver_replace,
                           required_cuda=required_cuda(ServeConfig.from_settings(s)), **driver_args)
+        nvidia_ops.kernel_hold(name="Hold the kernel metapackages with Ubuntu's signed driver",
+                               source=s.nvidia_driver_source, _if=apt_driver)
         nvidia_ops.reboot_for_driver(name="Reboot into the installed NVIDIA driver if needed",
                                      reboot=s.nvidia_driver_reboot, reboot_timeout=s.nvidia_driver_reboot_timeout,
                                      **driver_args)
-        nvidia_ops.fabric_manager(name="Install the NVSwitch fabric manager of the driver",
+        fm = nvidia_ops.fabric_manager(name="Install the NVSwitch fabric manager of the driver",
                                   branch=s.nvidia_driver_branch, version=s.nvidia_driver_version, _if=apt_driver)
-        nvidia_ops.persistenced(name="Enable and start nvidia-persistenced")
+        nvidia_ops.persistenced(name="Enable persistence mode (nvidia-persistenced)",
+                                dropin=(FILES / "nvidia-persistenced-gpu-llm.conf").read_bytes())
     nvidia_ops.fabric_service(name="Enable and start the NVSwitch fabric manager")
+    if s.nvidia_driver_install:  # an upgraded or replaced fabric manager runs its new binary only once restarted
+        services.service(name="Restart the NVSwitch fabric manager after its upgrade", service=FABRIC_SERVICE,
+                         restarted=True, _if=fm.did_change)
     nvidia_ops.fabric_ready(name="Wait until the NVSwitch fabric is completed", timeout=s.nvidia_fabric_timeout,
                             driver_version=s.nvidia_driver_version)
     if s.cuda_toolkit_install:

@@ -13,7 +13,9 @@ from gpu_llm.plan.gpus import parse_query_csv
 from gpu_llm.plan.types import GPU
 
 NVIDIA_VENDOR = "0x10de"
-QUERY_FIELDS = "index,name,uuid,memory.total,compute_cap,driver_version,pci.bus_id"
+GPU_FIELDS = "index,name,uuid,memory.total,compute_cap,driver_version,pci.bus_id"
+# + each GPU's persistence mode ("Enabled" / "Disabled"; nvidia-smi --help-query-gpu), read in the same call
+QUERY_FIELDS = GPU_FIELDS + ",persistence_mode"
 
 # NVIDIA GPUs and NVSwitches on the PCI bus: "<sysfs path> <device id> <class>" (vendor 0x10de; class 0x03xxxx =
 # display controller: a GPU; class 0x0680 = "other bridge": an NVSwitch, e.g. 10de:22a3 "GH100 [H100 NVSwitch]" in
@@ -72,6 +74,13 @@ class GpuInventory(JsonFact):
     message: str = ""  # nvidia-smi's own words when it failed
     nvswitches: list[PciGpu] = field(default_factory=list)
     fabric: list[FabricState] = field(default_factory=list)
+    persistence: list[str] = field(default_factory=list)  # per GPU, in index order: "Enabled" | "Disabled"
+
+
+def parse_persistence(lines: list[str]) -> list[str]:
+    """The last field (persistence_mode) of each --query-gpu=QUERY_FIELDS line with all of them."""
+    n = len(QUERY_FIELDS.split(","))
+    return [cells[-1] for cells in ([c.strip() for c in line.split(",")] for line in lines) if len(cells) == n]
 
 
 def parse_pci(lines: list[str]) -> list[PciGpu]:
@@ -118,7 +127,7 @@ def smi_state(rc: int | None, output: list[str]) -> SmiState:
 
 def parse_query_gpu(lines: list[str], interconnect: str | None = None) -> list[GPU]:
     """Parse `nvidia-smi --query-gpu=QUERY_FIELDS --format=csv,noheader,nounits` (malformed lines skipped)."""
-    gpus = parse_query_csv("\n".join(lines), tuple(QUERY_FIELDS.split(",")), strict=False)
+    gpus = parse_query_csv("\n".join(lines), tuple(GPU_FIELDS.split(",")), strict=False)
     return [replace(g, interconnect=interconnect) for g in gpus]
 
 
@@ -152,7 +161,8 @@ def parse_inventory(lines: list[str]) -> GpuInventory:
         return GpuInventory(smi=state, gpus=gpus_from_pci(pci), pci=pci, message="\n".join(s.get("smi", [])).strip(),
                             nvswitches=nvswitches)
     gpus = parse_query_gpu(s.get("smi", []), interconnect(parse_topology(s.get("topo", [])), len(nvswitches)))
-    return GpuInventory(smi=state, gpus=gpus, pci=pci, nvswitches=nvswitches, fabric=parse_fabric(s.get("fabric", [])))
+    return GpuInventory(smi=state, gpus=gpus, pci=pci, nvswitches=nvswitches, fabric=parse_fabric(s.get("fabric", [])),
+                        persistence=parse_persistence(s.get("smi", [])))
 
 
 class NvidiaGpus(FactBase[GpuInventory]):

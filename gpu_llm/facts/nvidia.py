@@ -13,8 +13,10 @@ from gpu_llm.facts.gpu import SmiState, smi_state
 from gpu_llm.plan.datacenter import parse_stanzas
 
 # Driver metapackages: "nvidia-driver-570[-server][-open]" (Ubuntu, NVIDIA's repo), "nvidia-driver" (Debian),
-# "nvidia-open" / "cuda-drivers[-570]" (NVIDIA's flavour-neutral ones).
-DRIVER_PACKAGE_RE = re.compile(r"^(nvidia-driver(-\d+(-server)?(-open)?)?|nvidia-open|cuda-drivers(-\d+)?)$")
+# "nvidia-open" / "cuda-drivers[-570]" (NVIDIA's flavour-neutral ones), "nvidia-headless-no-dkms-570[-server][-open]"
+# (what `ubuntu-drivers --gpgpu` installs: gpu_llm/plan/datacenter.py ubuntu_driver).
+DRIVER_PACKAGE_RE = re.compile(r"^(nvidia-driver(-\d+(-server)?(-open)?)?|nvidia-open|cuda-drivers(-\d+)?"
+                               r"|nvidia-headless-no-dkms-\d+(-server)?(-open)?)$")
 # Every package a driver release brings (same version as the metapackage); what we hold and pin.
 DRIVER_PATTERNS = ("nvidia*", "libnvidia*", "xserver-xorg-video-nvidia*", "libxnvctrl*", "cuda-drivers*")
 
@@ -44,6 +46,8 @@ class DriverState(JsonFact):
     headers: str = "missing"
     reboot_required: bool = False
     nouveau_loaded: bool = False
+    # the running kernel flavour's metapackages (linux[-image|-headers]-<flavour>[-hwe-*]) that are installed
+    kernel_meta: dict[str, Package] = field(default_factory=dict)
 
     @property
     def drivers(self) -> dict[str, Package]:
@@ -120,6 +124,7 @@ def parse_driver_state(lines: list[str], smi: tuple[str, str | None, str] | None
         headers=(s.get("headers") or ["missing"])[0].strip(),
         reboot_required=bool(s.get("reboot")),
         nouveau_loaded=bool(s.get("nouveau")),
+        kernel_meta=parse_packages(s.get("kernelmeta", [])),
     )
 
 
@@ -155,6 +160,10 @@ class NvidiaDriver(FactBase[DriverState]):
             'then echo installed; elif apt-cache show "$k" >/dev/null 2>&1; then echo available; else echo missing; fi',
             marker("reboot"), "[ -e /var/run/reboot-required ] && echo required",
             marker("nouveau"), "grep -q '^nouveau ' /proc/modules 2>/dev/null && echo loaded",
+            # the flavour as gpu_llm.plan.datacenter.kernel_flavour reads it ("6.8.0-60-generic" -> "generic")
+            marker("kernelmeta"), "f=$(uname -r | sed -E 's/^[0-9]+[.][0-9]+([.][0-9]+)?-([0-9]+-)?//'); "
+            "dpkg-query -W -f='${db:Status-Abbrev}|${Package}|${Version}\\n' \"linux-$f\" \"linux-image-$f\" "
+            "\"linux-headers-$f\" \"linux-$f-hwe-*\" \"linux-image-$f-hwe-*\" \"linux-headers-$f-hwe-*\" 2>/dev/null",
             "true",
         ])
 

@@ -10,7 +10,14 @@ from pyinfra.operations import apt, server
 
 from gpu_llm.facts import snapshot
 from gpu_llm.facts.nvidia import AptShow, DriverState
-from gpu_llm.layout import CUDA_REPO_DIRS, STATE_DIR, cuda_source, keyring_deb
+from gpu_llm.layout import (
+    CUDA_REPO_DIRS,
+    PERSISTENCED_DROPIN,
+    STATE_DIR,
+    UNATTENDED_KERNEL_CONF,
+    cuda_source,
+    keyring_deb,
+)
 from gpu_llm.operations import (
     download_naming_url,
     operation,
@@ -20,6 +27,7 @@ from gpu_llm.operations import (
     warn,
 )
 from gpu_llm.operations import files as gpu_files
+from gpu_llm.operations.watchdog import file_commands as gpu_files_commands
 from gpu_llm.plan import datacenter
 
 CUDA_KEYRING = "/usr/share/keyrings/cuda-archive-keyring.gpg"  # installed by the cuda-keyring package
@@ -56,8 +64,8 @@ def driver_spec(distro: str, branch: str, version: str, open_modules: bool, sour
     Ubuntu: nvidia-driver-<branch>[-open] at "<version>-0ubuntu1" (NVIDIA's ubuntu2204/ubuntu2404 repos, e.g.
     public install scripts pin `nvidia-driver-570-open=570.133.20-0ubuntu1` and its libnvidia-*-570 / nvidia-*-570
     siblings at the same version). Debian: nvidia-open (open modules) or cuda-drivers at "<version>-1"."""
-    if source == "ubuntu":
-        return DriverSpec(version, (f"nvidia-driver-{branch}-server" + ("-open" if open_modules else ""),),
+    if source == "ubuntu":  # the headless metapackage without DKMS (datacenter.ubuntu_driver says why)
+        return DriverSpec(version, (f"nvidia-headless-no-dkms-{branch}-server" + ("-open" if open_modules else ""),),
                           f"{version}-*")
     if distro.startswith("debian"):
         return DriverSpec(version, ("nvidia-open",) if open_modules else ("cuda-drivers",), f"{version}-1")
@@ -82,9 +90,11 @@ def decide_driver(state: DriverState, spec: DriverSpec, replace: bool, required_
     """What to do about the driver, from the host's DriverState (pure)."""
     drivers = state.drivers
     ours = {n for n, p in drivers.items() if n in spec.packages and spec.matches(p.version)}
-    # any other driver metapackage is a different driver, except a flavour-neutral one at our version
+    # any other driver metapackage is a different driver, except a flavour-neutral one or the headless subset of a
+    # driver at our version
     others = {n: p for n, p in drivers.items()
-              if n not in ours and not (n in NEUTRAL_METAPACKAGES and spec.matches(p.version))}
+              if n not in ours and not ((n in NEUTRAL_METAPACKAGES or n.startswith("nvidia-headless-no-dkms-"))
+                                        and spec.matches(p.version))}
     want_text = ", ".join(spec.packages) + f" {spec.package_version}"
     if others:
         have = ", ".join(f"{n} {p.version}" for n, p in sorted(others.items()))
@@ -143,10 +153,13 @@ def ubuntu_install(branch: str, version: str, open_modules: bool, kernel: str) -
         want = datacenter.ubuntu_driver(branch, open_modules, kernel)
     except ValueError as exc:
         return [], f"{exc}: Canonical's precompiled modules exist only for Ubuntu kernels (nvidia_driver_source)", True
-    stanzas = host.get_fact(AptShow, packages=(want.driver, want.modules_kernel))
+    stanzas = host.get_fact(AptShow, packages=(want.driver, want.utils, want.modules_kernel))
     known = any(st.package == want.driver for st in stanzas)
     chosen, why = datacenter.choose_version(stanzas, want.driver, version, branch, UBUNTU_ARCHIVE)
     if chosen is None:
+        return [], why, known
+    utils, why = datacenter.choose_version(stanzas, want.utils, version, branch, UBUNTU_ARCHIVE)
+    if utils is None:
         return [], why, known
     if not any(st.package == want.modules_kernel for st in stanzas):
         return [], (f"{want.modules_kernel} (Canonical's signed modules for the running kernel {kernel}) is not in "
@@ -154,7 +167,8 @@ def ubuntu_install(branch: str, version: str, open_modules: bool, kernel: str) -
     modules, why = datacenter.choose_modules(stanzas, want.modules_kernel, version)
     if modules is None:
         return [], why, known
-    return [f"{want.driver}={chosen}", want.modules_flavour, f"{want.modules_kernel}={modules}"], "", known
+    return [f"{want.driver}={chosen}", f"{want.utils}={utils}", want.modules_flavour,
+            f"{want.modules_kernel}={modules}"], "", known
 
 
 def secure_boot_check(decision: DriverDecision, source: str) -> str | None:
@@ -309,6 +323,51 @@ def driver(branch: str, version: str, open_modules: bool = True, replace: bool =
         host.noop(decision.detail + " and held")
 
 
+def unattended_kernel_conf(names: list[str]) -> bytes:
+    """unattended-upgrades' blacklist of the kernel metapackages `names` (regular expressions matched at the start of
+    package names: each name ends with $, so linux-image-generic does not cover linux-image-generic-hwe-24.04)."""
+    lines = ["// Managed by gpu-llm (nvidia_driver_source: ubuntu): Canonical's signed NVIDIA modules exist for a new",
+             "// kernel only at the archive's newest 570 release, so with the driver pinned a kernel upgrade would boot",
+             "// without a driver. Move the kernel together with nvidia_driver_version (apt-mark unhold these).",
+             "Unattended-Upgrade::Package-Blacklist {", *(f'    "{n}$";' for n in names), "};"]
+    return ("\n".join(lines) + "\n").encode()
+
+
+@operation()
+def kernel_hold(source: str = "nvidia"):
+    """
+    With Ubuntu's signed driver (`source` "ubuntu"): hold the running kernel flavour's installed metapackages
+    (linux[-image|-headers]-<flavour>[-hwe-24.04]) and keep unattended-upgrades away from them. Canonical builds the
+    signed modules of a new kernel (linux-modules-nvidia-<branch>-server[-open]-<kernel>) against the archive's
+    newest driver release; with nvidia-kernel-common-<branch>-server pinned and held at ours they cannot be installed,
+    yet linux-image-<flavour> would still move and the host would reboot into a kernel without a driver. Moving the
+    kernel therefore means moving nvidia_driver_version to a release Canonical built modules for (README).
+
+    + source: nvidia_driver_source; "nvidia" (DKMS builds for each kernel) needs nothing here
+
+    **Example:**
+
+    .. code:: python
+
+        nvidia.kernel_hold(name="Hold the kernel metapackages", source="ubuntu")
+    """
+    if source != "ubuntu":
+        host.noop("NVIDIA's DKMS driver builds its module for each new kernel: kernel metapackages are left alone")
+        return
+    now = snapshot.current(host)
+    metas = now.driver.kernel_meta
+    if not metas:
+        host.noop(f"no kernel metapackage of the running kernel {now.driver.kernel} is installed")
+        return
+    unheld = sorted(n for n, p in metas.items() if not p.held)
+    commands = [*(gpu_files_commands(UNATTENDED_KERNEL_CONF, unattended_kernel_conf(sorted(metas)), 644,
+                                     now.files.get(UNATTENDED_KERNEL_CONF))),
+                *([StringCommand("apt-mark", "hold", *unheld)] if unheld else [])]
+    if not commands:
+        host.noop(f"kernel metapackages {', '.join(sorted(metas))} are held and kept from unattended-upgrades")
+    yield from commands
+
+
 def reboot_reason(state: DriverState, spec: DriverSpec) -> str | None:
     """Why the host must reboot to run the installed driver, or None (pure)."""
     installed = [p.version for n, p in state.drivers.items() if n in spec.packages]
@@ -449,23 +508,58 @@ def fabric_service():
     yield from _service(datacenter.FABRIC_SERVICE, "the NVSwitch fabric")
 
 
+# Persistence mode read back after a change: the daemon turns it on while starting (Type=forking: once it returns)
+PERSISTENCE_CHECK = ("n=0; until out=$(nvidia-smi --query-gpu=index,persistence_mode --format=csv,noheader 2>&1) && "
+                     "! printf '%s\\n' \"$out\" | grep -qv ', Enabled$'; do n=$((n + 1)); if [ $n -ge 10 ]; then "
+                     "echo \"persistence mode is not Enabled on every GPU after starting nvidia-persistenced with "
+                     f"{PERSISTENCED_DROPIN}: $out\" >&2; journalctl -u nvidia-persistenced -n 20 --no-pager >&2; "
+                     "exit 1; fi; sleep 1; done")
+
+
 @operation()
-def persistenced():
+def persistenced(dropin: bytes):
     """
-    `nvidia-persistenced` enabled and running on a host whose NVIDIA module is loaded: the driver stays initialised
-    between GPU programs (NVIDIA's driver persistence guide, https://docs.nvidia.com/deploy/driver-persistence/).
+    Persistence mode on, on a host whose NVIDIA module is loaded: `nvidia-persistenced` enabled and running WITH
+    persistence mode, so the driver stays initialised between GPU programs (NVIDIA's driver persistence guide,
+    https://docs.nvidia.com/deploy/driver-persistence/). Ubuntu's packaged unit (NVIDIA's repository reuses it) is
+    static and runs the daemon with --no-persistence-mode: `dropin` (files/nvidia-persistenced-gpu-llm.conf) overrides
+    its ExecStart, adds an [Install] section and keeps it running; nvidia-smi's persistence_mode (read in the
+    snapshot's --query-gpu) must then say Enabled on every GPU.
+
+    + dropin: the systemd drop-in's bytes, written to gpu_llm.layout.PERSISTENCED_DROPIN
 
     **Example:**
 
     .. code:: python
 
-        nvidia.persistenced(name="Enable and start nvidia-persistenced")
+        nvidia.persistenced(name="Enable persistence mode (nvidia-persistenced)", dropin=b"[Service]...")
     """
-    state = snapshot.current(host)
-    if state.driver.smi != "ok":
-        host.noop(f"the NVIDIA module is not loaded (nvidia-smi: {state.driver.smi}): no persistence daemon yet")
+    now = snapshot.current(host)
+    if now.driver.smi != "ok":
+        host.noop(f"the NVIDIA module is not loaded (nvidia-smi: {now.driver.smi}): no persistence daemon yet")
         return
-    yield from _service(datacenter.PERSISTENCED_SERVICE, "persistence mode")
+    name = datacenter.PERSISTENCED_SERVICE
+    unit = now.service(name)
+    if not unit.enabled and unit.active in ("", "inactive"):  # systemd knows no such unit file
+        warn(host, f"{name}.service is not installed: persistence mode cannot be turned on")
+        host.noop(f"{name} is not installed")
+        return
+    if not now.systemd:
+        yield refuse(f"{name} is configured through a systemd drop-in and systemd is not PID 1 on this host")
+        return
+    current = now.files.get(PERSISTENCED_DROPIN)
+    written = gpu_files_commands(PERSISTENCED_DROPIN, dropin, 644, current)
+    modes = now.gpus.persistence
+    off = [str(i) for i, mode in enumerate(modes) if mode != "Enabled"]
+    commands = [*written, *services.service_commands(
+        name, True, unit.active, "disabled" if written else unit.enabled, running=True, is_enabled=True,
+        # a changed drop-in takes effect on restart; a running daemon that left persistence mode off is restarted
+        restarted=unit.active == "active" and (bool(written) or bool(off)), daemon_reload=bool(written))]
+    if not commands:
+        host.noop(f"{name} is {unit.active} and {unit.enabled}; persistence mode Enabled on {len(modes)} GPUs")
+        return
+    yield from commands
+    yield StringCommand(PERSISTENCE_CHECK)
 
 
 def fabric_wait_script(timeout: int, driver_version: str) -> str:
@@ -504,7 +598,14 @@ def fabric_ready(timeout: int, driver_version: str):
     if not state.preflight.nvswitches:
         host.noop("no NVSwitch on the PCI bus: no fabric to wait for")
         return
-    verdict = datacenter.fabric_verdict(state.gpus.fabric, state.service(datacenter.FABRIC_SERVICE).active)
+    unit = state.service(datacenter.FABRIC_SERVICE)
+    if not unit.enabled and unit.active in ("", "inactive"):  # systemd knows no such unit: waiting cannot help
+        yield refuse(f"NVSwitches are on the PCI bus but the {datacenter.FABRIC_SERVICE} service is not installed "
+                     "(a driver gpu-llm does not manage, or nvidia_driver_install: false): install "
+                     f"nvidia-fabricmanager-<branch> at the running driver's exact version, or set "
+                     "nvidia_driver_install: true so gpu-llm installs it; CUDA fails with error 802 until it runs")
+        return
+    verdict = datacenter.fabric_verdict(state.gpus.fabric, unit.active)
     if verdict.kind == "ready":
         host.noop(verdict.detail)
         return

@@ -101,25 +101,33 @@ def kernel_flavour(kernel: str) -> str:
 
 @dataclass(frozen=True)
 class UbuntuDriver:
-    """Packages of Ubuntu's -server driver: the driver metapackage (pinned to the exact version), the signed modules
-    for the running kernel, and the flavour's modules metapackage (it pulls the modules of each new kernel)."""
+    """Packages of Ubuntu's -server driver without DKMS: the headless driver metapackage (pinned to the exact
+    version), nvidia-smi's package at the same version, the signed modules for the running kernel, and the flavour's
+    modules metapackage (it pulls the modules of each new kernel)."""
 
     driver: str
+    utils: str
     modules_kernel: str
     modules_flavour: str
 
     @property
     def packages(self) -> tuple[str, ...]:
-        return (self.driver, self.modules_flavour, self.modules_kernel)
+        return (self.driver, self.utils, self.modules_flavour, self.modules_kernel)
 
 
 def ubuntu_driver(branch: str, open_modules: bool, kernel: str) -> UbuntuDriver:
-    """Package names as `ubuntu-drivers --gpgpu install nvidia:<branch>-server` selects them: nvidia-driver-570-
-    server[-open] and linux-modules-nvidia-570-server[-open]-<flavour> (+ -<kernel release>) from restricted."""
+    """Package names as `ubuntu-drivers --gpgpu install nvidia:<branch>-server` selects them: the headless metapackage
+    WITHOUT DKMS, nvidia-headless-no-dkms-570-server[-open] (ubuntu-drivers-common's _get_headless_no_dkms_metapackage,
+    https://github.com/canonical/ubuntu-drivers-common/blob/master/UbuntuDrivers/detect.py), plus
+    linux-modules-nvidia-570-server[-open]-<flavour> (+ -<kernel release>) from restricted. Not
+    nvidia-driver-570-server[-open]: it depends on nvidia-dkms-570-server[-open] (an unsigned module build) and the
+    X/GL libraries; and the headless metapackage does not pull nvidia-smi, which is nvidia-utils-570-server
+    (https://github.com/canonical/nvidia-graphics-drivers/blob/570-server-noble/debian/templates/control.in, before
+    the 580 transitionals: commit 4e3d1c29)."""
     suffix = "-server" + ("-open" if open_modules else "")
     modules = f"linux-modules-nvidia-{branch}{suffix}"
-    return UbuntuDriver(driver=f"nvidia-driver-{branch}{suffix}", modules_kernel=f"{modules}-{kernel}",
-                        modules_flavour=f"{modules}-{kernel_flavour(kernel)}")
+    return UbuntuDriver(driver=f"nvidia-headless-no-dkms-{branch}{suffix}", utils=f"nvidia-utils-{branch}-server",
+                        modules_kernel=f"{modules}-{kernel}", modules_flavour=f"{modules}-{kernel_flavour(kernel)}")
 
 
 @dataclass(frozen=True)
@@ -152,9 +160,10 @@ def parse_stanzas(lines: Iterable[str]) -> list[Stanza]:
 
 
 def _other_branch(depends: str, branch: str) -> str | None:
-    """A dependency on another driver branch's package ("libnvidia-extra-580"), or None."""
-    for dep in re.split(r"[,|]", depends):
-        name = dep.strip().split(" ", 1)[0].split(":", 1)[0]
+    """A dependency on another driver branch's package ("libnvidia-extra-580"), or None. Of alternatives ("a | b")
+    only the first counts: apt installs it when it can."""
+    for dep in depends.split(","):
+        name = dep.split("|", 1)[0].strip().split(" ", 1)[0].split(":", 1)[0]
         m = re.search(r"nvidia[a-z0-9-]*?-(\d{3})(-server)?(-open)?$", name)
         if m and m.group(1) != branch:
             return name
@@ -199,7 +208,7 @@ def choose_modules(stanzas: Sequence[Stanza], package: str, version: str) -> tup
         m = re.search(r"nvidia-kernel-common-\d+(?:-server)? \((?:>=|=) ([^)\s]+)\)", s.depends)
         if m:
             built.append(m.group(1))
-            if m.group(1).startswith(version):
+            if m.group(1).split(":")[-1].split("-")[0] == version:  # "570.172.08-0ubuntu0.24.04.1" or "570.172.08"
                 return s.version, ""
     return None, (f"Canonical's signed modules for this kernel ({package}) are built for driver "
                   f"{', '.join(sorted(set(built))) or 'unknown'}, not {version}: set nvidia_driver_version to that "

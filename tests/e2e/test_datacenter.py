@@ -19,7 +19,7 @@ pytestmark = pytest.mark.e2e
 
 DRIVER = "570.172.08"  # gpu_llm.defaults nvidia_driver_version
 FM = "nvidia-fabricmanager-570"
-UBUNTU_DRIVER = "nvidia-driver-570-server-open"
+UBUNTU_DRIVER = "nvidia-headless-no-dkms-570-server-open"  # what `ubuntu-drivers --gpgpu` installs
 # What a user sees of "nothing changed": packages and every file under /etc
 UNCHANGED = ("sha256sum /var/lib/dpkg/status; apt-mark showhold; "
              "find /etc -xdev -type f -print0 | sort -z | xargs -0 sha256sum")
@@ -61,13 +61,18 @@ def test_hgx_converges_with_the_fabric_manager_at_the_driver_version(hgx: Hgx) -
     first, host = hgx.first, hgx.host
     assert first.rc == 0 and first.errors == 0, first.output[-5000:]
     assert {"Install the NVSwitch fabric manager of the driver", "Enable and start the NVSwitch fabric manager",
-            "Enable and start nvidia-persistenced"} <= _changed(first), first.changed_ops
+            "Enable persistence mode (nvidia-persistenced)",
+            # the fabric manager changed (installed): restarted so its new binary runs (not on the re-run: 0 changes)
+            "Restart the NVSwitch fabric manager after its upgrade"} <= _changed(first), first.changed_ops
     assert _held_version(host, FM) == (f"{DRIVER}-1", True)  # the driver's release, held with it
     assert re.search(rf"Candidate: {re.escape(DRIVER)}-1\n", _sh(host, f"apt-cache policy {FM}"))  # pinned
     assert _sh(host, "systemctl is-active nvidia-fabricmanager nvidia-persistenced").split() == ["active", "active"]
     assert _sh(host, "systemctl is-enabled nvidia-fabricmanager nvidia-persistenced").split() == ["enabled", "enabled"]
     fabric = _sh(host, "nvidia-smi --query-gpu=fabric.state,fabric.status --format=csv,noheader").splitlines()
     assert fabric == ["Completed, Success"] * 8, fabric
+    # persistence mode really on: the stand-in unit is Ubuntu's (static, --no-persistence-mode), the drop-in turns it on
+    pm = _sh(host, "nvidia-smi --query-gpu=persistence_mode --format=csv,noheader").split()
+    assert pm == ["Enabled"] * 8, pm
     assert "NV18" in _sh(host, "nvidia-smi topo -m")
     assert "verified" in first.output, first.output[-3000:]  # vllm_verify: /health and a chat completion
     assert "Error 802" not in _sh(host, "docker logs $(docker ps -q | head -n 1) 2>&1")
@@ -125,7 +130,7 @@ def test_secure_boot_host_refused_with_nvidia_source_then_converges_with_ubuntu(
     data[host.name].update(nvidia_driver_source="ubuntu", nvidia_driver_version="570.211.01")
     transitional = deploy([host], data)
     assert transitional.rc != 0
-    assert "transitional package that installs nvidia-driver-580-server-open" in transitional.output, \
+    assert "transitional package that installs nvidia-headless-no-dkms-580-server-open" in transitional.output, \
         transitional.output[-3000:]
     assert host.ssh("dpkg-query -W 'nvidia-driver-*' 2>/dev/null | grep -q .").returncode != 0  # nothing installed
 
@@ -133,12 +138,16 @@ def test_secure_boot_host_refused_with_nvidia_source_then_converges_with_ubuntu(
     converged = deploy([host], data)
     assert converged.rc == 0 and converged.errors == 0, converged.output[-5000:]
     assert _held_version(host, UBUNTU_DRIVER) == (f"{DRIVER}-0ubuntu0.24.04.1", True)
+    assert _held_version(host, "nvidia-utils-570-server") == (f"{DRIVER}-0ubuntu0.24.04.1", True)  # nvidia-smi
     kernel = _sh(host, "uname -r").strip()
     assert _sh(host, f"dpkg-query -W -f='${{db:Status-Abbrev}}' linux-modules-nvidia-570-server-open-{kernel}"
                ).startswith("ii")
     assert _sh(host, "cat /run/gpu-llm-testbed/loaded-driver").strip() == DRIVER  # the signed module loaded
-    assert host.ssh("dpkg-query -W 'nvidia-dkms-*' 2>/dev/null | grep -q .").returncode != 0  # no DKMS build
+    # no DKMS build: the stand-in nvidia-driver-570-server-open depends on nvidia-dkms-570-server-open as the real one
+    dkms = _sh(host, "dpkg-query -W -f='${db:Status-Abbrev} ${Package}\\n' 'nvidia-dkms-*' 'nvidia-driver-*' || true")
+    assert not [line for line in dkms.splitlines() if line[1:2] == "i"], dkms  # installed (held or not)
     assert _sh(host, "systemctl is-active nvidia-persistenced").strip() == "active"
+    assert _sh(host, "nvidia-smi --query-gpu=persistence_mode --format=csv,noheader").split() == ["Enabled"]
     assert "verified" in converged.output
 
     again = deploy([host], data)

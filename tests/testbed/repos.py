@@ -76,20 +76,29 @@ ExecStart=/usr/bin/nv-fabricmanager -c /usr/share/nvidia/nvswitch/fabricmanager.
 [Install]
 WantedBy=multi-user.target
 """
+# As Ubuntu packages it (NVIDIA's repository reuses that packaging): a STATIC unit (no [Install]) that runs the daemon
+# WITHOUT persistence mode and stops when nothing needs it, https://github.com/canonical/nvidia-graphics-drivers/blob/
+# 570-server-noble/debian/templates/nvidia-compute-utils-flavour.nvidia-persistenced.service.in
 PERSISTENCED_UNIT = """[Unit]
 Description=NVIDIA Persistence Daemon (gpu-llm testbed stand-in)
+Wants=syslog.target
+StopWhenUnneeded=true
 
 [Service]
-Type=simple
-ExecStart=/usr/bin/nvidia-persistenced --no-fork
-
-[Install]
-WantedBy=multi-user.target
+Type=forking
+ExecStart=/usr/bin/nvidia-persistenced --user nvidia-persistenced --no-persistence-mode --verbose
+ExecStopPost=/bin/rm -rf /var/run/nvidia-persistenced
 """
+# Forks like the real daemon (unless --no-fork) and leaves its arguments where the stand-in nvidia-smi reads them: it
+# reports persistence mode Enabled while a daemon runs without --no-persistence-mode (the real daemon's default).
 PERSISTENCED = """#!/bin/sh
 # gpu-llm testbed stand-in: runs while the NVIDIA module is "loaded" (real: fails without the driver)
 [ -s /run/gpu-llm-testbed/loaded-driver ] || { echo "nvidia-persistenced failed to initialize" >&2; exit 1; }
-exec sleep infinity
+mkdir -p /var/run/nvidia-persistenced
+case " $* " in *" --no-fork "*) echo "$$ $*" > /var/run/nvidia-persistenced/gpu-llm-testbed-args; exec sleep infinity;; esac
+sleep infinity </dev/null >/dev/null 2>&1 &
+echo "$! $*" > /var/run/nvidia-persistenced/gpu-llm-testbed-args
+echo "$!" > /var/run/nvidia-persistenced/nvidia-persistenced.pid
 """
 LOGGED = """#!/bin/sh
 mkdir -p /var/log/gpu-llm-testbed

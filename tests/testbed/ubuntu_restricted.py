@@ -1,13 +1,17 @@
 """Stand-ins of Ubuntu's 570-server driver in the restricted component of the Ubuntu archive stand-in
 (http://archive.ubuntu.com/ubuntu noble restricted), for `nvidia_driver_source: ubuntu` on Secure Boot hosts.
 
-Names and dependency shapes follow packages.ubuntu.com (nvidia-graphics-drivers-570-server builds
-nvidia-driver-570-server[-open], nvidia-utils-570-server, nvidia-compute-utils-570-server,
-nvidia-kernel-common-570-server; linux-restricted-modules builds linux-modules-nvidia-570-server[-open]-<kernel
-release> with Canonical's signed modules and the flavour metapackage linux-modules-nvidia-570-server[-open]-<flavour>
-depending on the current kernel's). Simplified: the real driver metapackage depends on many more libnvidia-*-570-server
-libraries. The guests run this machine's kernel, so the modules package is built for `uname -r` here; its postinst
-marks the module signed (tests/testbed/secure_boot.py: it loads under Secure Boot, DKMS builds do not).
+Names and dependency shapes follow packages.ubuntu.com and Canonical's packaging
+(https://github.com/canonical/nvidia-graphics-drivers/blob/570-server-noble/debian/templates/control.in, as of commit
+4e3d1c29, before the 580 transitionals): nvidia-driver-570-server[-open] depends on nvidia-dkms-570-server[-open] (a
+module built on the host by DKMS: unsigned, so it does not load under Secure Boot), nvidia-utils-570-server and
+nvidia-compute-utils-570-server; nvidia-headless-no-dkms-570-server[-open] (what `ubuntu-drivers --gpgpu` installs)
+depends on nvidia-kernel-common-570-server and nvidia-compute-utils-570-server, NOT on DKMS nor nvidia-utils (nvidia-smi);
+linux-restricted-modules builds linux-modules-nvidia-570-server[-open]-<kernel release> with Canonical's signed modules
+and the flavour metapackage linux-modules-nvidia-570-server[-open]-<flavour> depending on the current kernel's.
+Simplified: the real metapackages depend on many more libnvidia-*-570-server libraries. The guests run this machine's
+kernel, so the modules package is built for `uname -r` here; its postinst marks the module signed
+(tests/testbed/secure_boot.py: it loads under Secure Boot, DKMS builds do not).
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ import os
 
 from .repos import (
     DEBS_SRC,
+    DKMS_POSTINST,
     DKMS_POSTRM,
     MODULE_UNIT,
     PERSISTENCED,
@@ -63,22 +68,35 @@ def restricted_debs(repo_key: bytes, kernel: str | None = None) -> list[tuple[st
     for upstream in UBUNTU_570:
         ver = ubuntu_version(upstream)
         debs += [
-            Deb("nvidia-kernel-common-570-server", ver),
+            # the boot unit that "loads" whichever module is installed (signed build or DKMS's) comes with the
+            # package both depend on
+            Deb("nvidia-kernel-common-570-server", ver, files={
+                "/usr/lib/systemd/system/gpu-llm-testbed-nvidia-module.service": (MODULE_UNIT, 0o644)}),
+            *(Deb(f"nvidia-dkms-570-server{fl}", ver, control={
+                **_virtual("nvidia-dkms-kernel"), "Depends": f"nvidia-kernel-common-570-server (= {ver})"},
+                scripts={"postinst": DKMS_POSTINST.format(ver=upstream, pkg=f"nvidia-dkms-570-server{fl}"),
+                         "postrm": DKMS_POSTRM.format(ver=upstream)},
+                description="Builds the module on the host (unsigned: Secure Boot rejects it).") for fl in ("", "-open")),
             Deb("nvidia-utils-570-server", ver, control=_virtual("nvidia-utils"),
                 files={"/usr/bin/nvidia-smi": (smi, 0o755)}),
             Deb("nvidia-compute-utils-570-server", ver, control=_virtual("nvidia-compute-utils"),
                 files={"/usr/bin/nvidia-persistenced": (PERSISTENCED, 0o755),
                        "/usr/lib/systemd/system/nvidia-persistenced.service": (PERSISTENCED_UNIT, 0o644)}),
-            Deb("nvidia-driver-570-server-open", ver, control={
+            *(Deb(f"nvidia-driver-570-server{fl}", ver, control={
                 **_virtual("nvidia-driver-binary"),
                 "Depends": f"nvidia-utils-570-server (= {ver}), nvidia-compute-utils-570-server (= {ver}), "
-                           f"nvidia-kernel-common-570-server (= {ver})"}),
+                           f"nvidia-dkms-570-server{fl} (= {ver}), nvidia-kernel-common-570-server (= {ver})"})
+              for fl in ("", "-open")),
+            *(Deb(f"nvidia-headless-no-dkms-570-server{fl}", ver, control={
+                "Depends": f"nvidia-compute-utils-570-server (= {ver}), nvidia-kernel-common-570-server (= {ver})"})
+              for fl in ("", "-open")),
         ]
     # a 570 "release" that is a transitional package pulling the 580 driver, as Ubuntu turned several 570 packages
     # into (packages.ubuntu.com: nvidia-fabricmanager-dev-570 570.211.01-0ubuntu1.24.04.1 depends on -580)
-    debs.append(Deb("nvidia-driver-570-server-open", ubuntu_version(TRANSITIONAL_570), arch="amd64",
-                    control={"Depends": "nvidia-driver-580-server-open"},
-                    description="Transitional package pulling the 580 driver (stand-in)."))
+    for name in ("nvidia-driver-570-server-open", "nvidia-headless-no-dkms-570-server-open", "nvidia-utils-570-server"):
+        debs.append(Deb(name, ubuntu_version(TRANSITIONAL_570), arch="amd64",
+                        control={"Depends": name.replace("570", "580")},
+                        description="Transitional package pulling the 580 driver (stand-in)."))
     # one build of the signed modules per kernel, against the newest 570 (as the archive has it)
     newest = UBUNTU_570[-1]
     mod_ver = kernel.split("-")[0] + "+1"
@@ -86,7 +104,6 @@ def restricted_debs(repo_key: bytes, kernel: str | None = None) -> list[tuple[st
     for upstream in UBUNTU_570:  # a build for each release in the stand-in, so the pinned one can be had
         debs.append(Deb(per_kernel, f"{mod_ver}.{UBUNTU_570.index(upstream)}", control={
             "Depends": f"nvidia-kernel-common-570-server (>= {ubuntu_version(upstream)})"},
-            files={"/usr/lib/systemd/system/gpu-llm-testbed-nvidia-module.service": (MODULE_UNIT, 0o644)},
             scripts={"postinst": SIGNED_POSTINST.format(ver=upstream, pkg=per_kernel),
                      "postrm": DKMS_POSTRM.format(ver=upstream)},
             description=f"Canonical-signed modules of driver {upstream} for {kernel} (stand-in)."))

@@ -78,9 +78,12 @@ def test_kernel_without_flavour_is_an_error():
 
 def test_ubuntu_driver_packages_as_ubuntu_drivers_selects_them():
     d = ubuntu_driver("570", True, "6.8.0-60-generic")
-    assert d.packages == ("nvidia-driver-570-server-open", "linux-modules-nvidia-570-server-open-generic",
+    # the headless metapackage without DKMS (an unsigned build) + nvidia-smi's package, as `--gpgpu` selects them
+    assert d.packages == ("nvidia-headless-no-dkms-570-server-open", "nvidia-utils-570-server",
+                          "linux-modules-nvidia-570-server-open-generic",
                           "linux-modules-nvidia-570-server-open-6.8.0-60-generic")
-    assert ubuntu_driver("570", False, "6.8.0-60-generic").driver == "nvidia-driver-570-server"
+    assert ubuntu_driver("570", False, "6.8.0-60-generic").driver == "nvidia-headless-no-dkms-570-server"
+    assert not any("dkms" in p and "no-dkms" not in p for p in d.packages)
 
 
 SHOW = """Package: nvidia-driver-570-server-open
@@ -118,6 +121,20 @@ def test_missing_version_names_what_is_offered():
     assert choose_version([], "x", "570.172.08", "570", "apt")[1].startswith("x is not in this host's apt lists")
 
 
+def test_modules_match_the_exact_release_and_alternatives_count_by_their_first():
+    from gpu_llm.plan.datacenter import choose_modules
+
+    mods = "linux-modules-nvidia-570-server-open-6.8.0-60-generic"
+    built = [Stanza(mods, "6.8.0-60.63+1", "nvidia-kernel-common-570-server (>= 570.172.081-0ubuntu1)"),
+             Stanza(mods, "6.8.0-60.63+2", "nvidia-kernel-common-570-server (>= 570.172.08-0ubuntu0.24.04.1)")]
+    assert choose_modules(built, mods, "570.172.08") == ("6.8.0-60.63+2", "")  # not the 570.172.081 build
+    assert choose_modules(built[:1], mods, "570.172.08")[0] is None
+    alt = [Stanza("libnvidia-x-570", "570.172.08-1", "libnvidia-y-570 (= 570.172.08-1) | libnvidia-y-580")]
+    assert choose_version(alt, "libnvidia-x-570", "570.172.08", "570", "apt") == ("570.172.08-1", "")
+    swapped = [Stanza("libnvidia-x-570", "570.172.08-1", "libnvidia-y-580 | libnvidia-y-570")]
+    assert choose_version(swapped, "libnvidia-x-570", "570.172.08", "570", "apt")[0] is None
+
+
 def test_nvswitch_hosts_are_nvlink_whatever_topo_says():
     assert interconnect("pcie", 4) == "nvlink"
     assert interconnect(None, 4) == "nvlink"
@@ -136,6 +153,21 @@ def test_inventory_sees_nvswitches_and_fabric():
     assert inv.gpus[0].interconnect == "nvlink"  # one GPU, no topo: the switch says it
     assert [(f.index, f.state) for f in inv.fabric] == [(0, "In Progress")]
     assert parse_nvswitches(PCI[:1]) == [] and parse_fabric(["bad"]) == []
+
+
+def test_inventory_reads_persistence_mode_in_the_same_query():
+    from gpu_llm.facts.gpu import QUERY_FIELDS
+
+    assert QUERY_FIELDS.endswith(",persistence_mode")  # one --query-gpu call for GPUs, driver state and this
+    lines = ["##gpu-llm:pci", *PCI, "##gpu-llm:smi",
+             "0, NVIDIA H100 80GB HBM3, GPU-1, 81559, 9.0, 570.172.08, 00000000:18:00.0, Enabled",
+             "1, NVIDIA H100 80GB HBM3, GPU-2, 81559, 9.0, 570.172.08, 00000000:19:00.0, Disabled",
+             "##gpu-llm:rc", "0"]
+    inv = parse_inventory(lines)
+    assert inv.persistence == ["Enabled", "Disabled"] and [g.uuid for g in inv.gpus] == ["GPU-1", "GPU-2"]
+    # a line without the field (older output) still gives the GPU, no persistence reading
+    old = parse_inventory([*lines[:4], lines[4].rsplit(",", 1)[0], "##gpu-llm:rc", "0"])
+    assert old.persistence == [] and len(old.gpus) == 1
 
 
 def test_planner_gives_nvswitch_hosts_no_pcie_workarounds():

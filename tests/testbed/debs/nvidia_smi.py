@@ -16,6 +16,7 @@ SWITCHES = Path("/etc/gpu-llm-testbed/nvswitches.json")
 FABRIC = Path("/run/gpu-llm-testbed/fabric-state")  # written by the fabric manager stand-in
 LOADED = Path("/run/gpu-llm-testbed/loaded-driver")
 INSTALLED = Path("/var/lib/gpu-llm-testbed/installed-driver")
+PERSISTENCED_ARGS = Path("/var/run/nvidia-persistenced/gpu-llm-testbed-args")  # written by the daemon stand-in
 CUDA = {"570": "12.8", "575": "12.9", "580": "13.0"}  # CUDA version each driver branch reports
 LEGEND = """
 Legend:
@@ -32,6 +33,15 @@ Legend:
 
 def read(path: Path) -> str:
     return path.read_text().strip() if path.exists() else ""
+
+
+def persistence_mode() -> str:
+    """Enabled while the persistence daemon stand-in runs without --no-persistence-mode (its arguments and pid are in
+    PERSISTENCED_ARGS), else Disabled: what the real nvidia-smi reports with nvidia-persistenced's default unit."""
+    pid, _, args = read(PERSISTENCED_ARGS).partition(" ")
+    if not pid.isdigit() or not Path(f"/proc/{pid}").exists():
+        return "Disabled"
+    return "Disabled" if "--no-persistence-mode" in args.split() else "Enabled"
 
 
 def fields(gpu: dict, index: int, driver: str) -> dict:
@@ -54,7 +64,7 @@ def fields(gpu: dict, index: int, driver: str) -> dict:
         "pci.device_id": ("pci.device_id", f"0x{int(gpu['pci_device_id'], 16):04X}10DE", ""),
         "pcie.link.gen.current": ("pcie.link.gen.current", str(gpu.get("pcie_gen", 4)), ""),
         "pcie.link.width.current": ("pcie.link.width.current", str(gpu.get("pcie_width", 16)), ""),
-        "persistence_mode": ("persistence_mode", "Enabled", ""),
+        "persistence_mode": ("persistence_mode", persistence_mode(), ""),
         "temperature.gpu": ("temperature.gpu", "30", ""),
         "utilization.gpu": ("utilization.gpu [%]", "0", " %"),
         "power.limit": ("power.limit [W]", f"{gpu.get('power_w', 300)}.00", " W"),
@@ -120,7 +130,8 @@ def summary(gpus: list, driver: str) -> None:
     print("|=========================================+========================+======================|")
     for i, g in enumerate(gpus):
         mem = f"0MiB / {g['memory_mib']}MiB"
-        print(f"| {i:>3}  {g['name'][:28]:<28}   On  | {g['pci_bus_id']:>18} Off | {'0':>20} |")
+        pm = "On " if persistence_mode() == "Enabled" else "Off"
+        print(f"| {i:>3}  {g['name'][:28]:<28}   {pm} | {g['pci_bus_id']:>18} Off | {'0':>20} |")
         print(f"| N/A   30C    P0  {'75W / ' + str(g.get('power_w', 300)) + 'W':>22} | {mem:>22} | {'0%':>7}      Default |")
         print(f"|                                         |                        | {'Disabled' if g.get('mig_capable') else 'N/A':>20} |")
         print(bar)
