@@ -78,10 +78,8 @@ def router(unit: str, unit_file: str, content: bytes, venv_changed: Callable[[],
     if not now.systemd:
         yield fail("the gateway runs as a systemd service and systemd is not PID 1 on this host")
         return
-    current = now.files.get(unit_file)
     service = now.service(unit)
-    changed = not (current is not None and current.kind == "file"
-                   and current.sha256 == hashlib.sha256(content).hexdigest())
+    changed = not _holds(now, unit_file, content)
     commands = ([FileUploadCommand(BytesIO(content), unit_file), StringCommand("chmod", "644", QuoteString(unit_file))]
                 if changed else [])
     commands += service_commands(unit, True, service.active, service.enabled, running=True, is_enabled=True,
