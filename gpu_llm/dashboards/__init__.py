@@ -4,6 +4,7 @@ dashboards vendored in this directory (each *.json here with a SOURCE entry nami
 from __future__ import annotations
 
 import json
+from functools import cache
 from pathlib import Path
 
 from gpu_llm import monitoring as mon
@@ -16,6 +17,7 @@ def vendored() -> list[Path]:
     return sorted(HERE.glob("*.json"))
 
 
+@cache  # built from files in this package: once per run, not once per host (the host probe asks for paths() often)
 def dashboards() -> dict[str, bytes]:
     """{file name: JSON} as they land in monitoring.GRAFANA_DASHBOARDS_DIR."""
     out = {FLEET: mon.dashboard_json(mon.fleet_dashboard())}
@@ -24,5 +26,10 @@ def dashboards() -> dict[str, bytes]:
     return out
 
 
+def names() -> list[str]:
+    """The dashboards' file names, without building their JSON."""
+    return sorted([FLEET, *(path.name for path in vendored())])
+
+
 def paths() -> list[str]:
-    return [f"{mon.GRAFANA_DASHBOARDS_DIR}/{name}" for name in sorted(dashboards())]
+    return [f"{mon.GRAFANA_DASHBOARDS_DIR}/{name}" for name in names()]

@@ -183,6 +183,7 @@ def test_vendored_vllm_dashboard_loads_and_queries_metrics_vllm_exports():
 
     files = dashboards.dashboards()
     assert set(files) == {"gpu-llm-fleet.json", "vllm.json"}
+    assert dashboards.names() == sorted(files)  # the probe's paths come from names(), without building the JSON
     d = json.loads(files["vllm.json"])
     assert d["title"] == "vLLM" and mon.dashboard_problems(d) == []
     assert "${DS_PROMETHEUS}" not in files["vllm.json"].decode()
