@@ -25,8 +25,9 @@ class Verdict(JsonFact):
         return str(self.result.get("error") or "verify.py gave no verdict")
 
 
-# Where a passing full verification records the container it verified ("<id> <StartedAt>"). /run is emptied at
-# boot, so the first run after a reboot verifies in full again.
+# Where a passing full verification records the container it verified and where ("<id> <StartedAt> <url>"; the
+# host snapshot reads these: gpu_llm.facts.snapshot.verified_command). /run is emptied at boot, so the first run
+# after a reboot verifies in full again.
 VERIFIED_DIR = "/run/gpu-llm"
 
 
@@ -53,12 +54,14 @@ def verify_command(python: str, script: str, url: str, model: str, timeout_s: in
     marker = QuoteString(f"{verified_dir}/verified-{container}")
     return StringCommand(
         "c=$(docker inspect -f '{{.Id}} {{.State.StartedAt}}'", QuoteString(container), "2>/dev/null);",
-        'if [ -n "$c" ] && [ "$(cat', marker, '2>/dev/null)" = "$c" ] &&',
+        StringCommand("u=", QuoteString(url), ";", _separator=""),
+        'if [ -n "$c" ] && [ "$(cat', marker, '2>/dev/null)" = "$c $u" ] &&',
         "curl -fsS -m 10 -o /dev/null", QuoteString(f"{url}/health"), "2>/dev/null; then",
         "echo", QuoteString(json.dumps({"ok": True, "health": "ok", "verified_before": True})), ";",
         "echo", f"{_RC}0;",
         "else", "r=$(", full, ");", 'echo "$r";',
-        'case "$r" in', f"*{_RC}0*)", '[ -n "$c" ] && mkdir -p', QuoteString(verified_dir), '&& echo "$c" >', marker, ";;",
+        'case "$r" in', f"*{_RC}0*)", '[ -n "$c" ] && mkdir -p', QuoteString(verified_dir), '&& echo "$c $u" >', marker,
+        ";;",
         "esac;", "fi",
     )
 

@@ -31,6 +31,10 @@ PCI_COMMAND = (
     'echo "$d $id $c"; case "$c" in ' + NVSWITCH_CLASS + '*) nvsw=1;; esac;; esac; '
     "done"
 )
+# The host snapshot scans the bus once for its preflight and GPU parts: into $pci (and $nvsw) before either runs.
+PCI_TO_VAR = f'pci=$({PCI_COMMAND}); nvsw=; case "$pci" in *" {NVSWITCH_CLASS}"*) nvsw=1;; esac'
+NEWLINE = "\n"  # a literal newline inside a shell pattern (sh has no $'\n')
+PCI_FROM_VAR = '[ -n "$pci" ] && printf "%s\\n" "$pci"'
 # Fabric state per GPU (fields of `nvidia-smi --query-gpu`, as NVIDIA's driver container reads them:
 # github.com/NVIDIA/gpu-driver-container pull 909): "Not Started" -> "In Progress" -> "Completed" while the fabric
 # manager configures the NVSwitch fabric; "N/A" where the GPU has no fabric state (A100-era HGX report N/A with a
@@ -178,17 +182,19 @@ class NvidiaGpus(FactBase[GpuInventory]):
     def default() -> GpuInventory:
         return GpuInventory(smi="missing")
 
-    def command(self) -> str:
+    def command(self, pci_var: bool = False) -> str:
+        """`pci_var`: the bus was scanned into $pci and $nvsw already (PCI_TO_VAR; the host snapshot)."""
         return "; ".join([
-            marker("pci"), PCI_COMMAND,
+            marker("pci"), PCI_FROM_VAR if pci_var else PCI_COMMAND,
             marker("smi"),
             "if command -v nvidia-smi >/dev/null 2>&1; then "
             f"out=$(nvidia-smi --query-gpu={QUERY_FIELDS} --format=csv,noheader,nounits 2>&1); rc=$?; "
             'printf "%s\\n" "$out"; else rc=missing; fi',
             marker("rc"), 'echo "$rc"',
-            # the links between GPUs: nothing to ask with one GPU (nvidia-smi is the slow part of a host read)
-            f'if [ "$rc" = 0 ] && [ "$(printf "%s\\n" "$out" | wc -l)" -gt 1 ]; then {marker("topo")}; '
-            "nvidia-smi topo -m 2>/dev/null; fi",
+            # the links between GPUs: nothing to ask with one GPU (nvidia-smi is the slow part of a host read);
+            # more than one line of answer is more than one GPU (a shell pattern, not a `wc` process)
+            f'if [ "$rc" = 0 ]; then case "$out" in *"{NEWLINE}"*) {marker("topo")}; '
+            "nvidia-smi topo -m 2>/dev/null;; esac; fi",
             # the fabric state only where NVSwitches are on the bus ($nvsw from PCI_COMMAND)
             f'if [ "$rc" = 0 ] && [ -n "$nvsw" ]; then {marker("fabric")}; '
             f"nvidia-smi --query-gpu={FABRIC_QUERY} --format=csv,noheader 2>/dev/null; fi",

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from pyinfra.api import FactBase
 
 from gpu_llm.facts import JsonFact, marker, sections
-from gpu_llm.facts.gpu import PCI_COMMAND, PciGpu, parse_nvswitches, parse_pci
+from gpu_llm.facts.gpu import PCI_COMMAND, PCI_FROM_VAR, PciGpu, parse_nvswitches, parse_pci
 
 # Secure Boot: `mokutil --sb-state` ("SecureBoot enabled" / "SecureBoot disabled"), else the EFI global variable
 # SecureBoot (GUID 8be4df61-93ca-11d2-aa0d-00e098032b8c, UEFI spec) whose efivarfs file is 4 attribute bytes and
@@ -104,18 +104,19 @@ class Preflight(FactBase[HostPreflight]):
     def default() -> HostPreflight:
         return HostPreflight()
 
-    def command(self, path: str) -> str:
+    def command(self, path: str, pci_var: bool = False) -> str:
+        """`pci_var`: the bus was scanned into $pci already (gpu_llm.facts.gpu.PCI_TO_VAR; the host snapshot)."""
         return "; ".join([
             marker("os"), "cat /etc/os-release 2>/dev/null",
             marker("arch"), "uname -m",
-            marker("uid"), "id -u",
-            marker("sudo"), '[ "$(id -u)" = 0 ] || { sudo -n true 2>/dev/null && echo yes; }',
+            marker("uid"), "u=$(id -u)", 'echo "$u"',
+            marker("sudo"), '[ "$u" = 0 ] || { sudo -n true 2>/dev/null && echo yes; }',
             f"p={shlex.quote(path)}", 'while [ ! -e "$p" ]; do p=$(dirname "$p"); done',
             marker("path"), 'echo "$p"',
-            marker("df"), 'df -Pk "$p" | tail -n 1',
-            marker("pci"), PCI_COMMAND,
-            # apt's "dpkg was interrupted" test: a numbered file in dpkg's update journal
-            marker("dpkg"), "ls /var/lib/dpkg/updates 2>/dev/null",
+            marker("df"), 'df -Pk "$p"',  # its last line is the filesystem's (parse_preflight)
+            marker("pci"), PCI_FROM_VAR if pci_var else PCI_COMMAND,
+            # apt's "dpkg was interrupted" test: a numbered file in dpkg's update journal (a glob: no `ls` process)
+            marker("dpkg"), 'for f in /var/lib/dpkg/updates/*; do [ -e "$f" ] && echo "${f##*/}"; done',
             marker("secureboot"), SECURE_BOOT_COMMAND,
             "true",
         ])

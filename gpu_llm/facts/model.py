@@ -40,10 +40,12 @@ class SnapshotState(JsonFact):
 class ModelSnapshot(FactBase[SnapshotState]):
     """The manifest in model_dir, the size of every file outside .cache/, and the download unit's state."""
 
-    def command(self, model_dir: str, unit: str) -> StringCommand:
+    def command(self, model_dir: str, unit: str | None) -> StringCommand:
+        """`unit=None`: without the unit's state (the host snapshot reads it with its other units)."""
+        state = ["systemctl", "is-active", QuoteString(unit), "2>/dev/null", ";"] if unit else []
         return StringCommand(
             "cat", QuoteString(f"{model_dir}/{MANIFEST_NAME}"), "2>/dev/null", "||", "echo", "null", ";",
-            "echo", ";", "echo", _SEP, ";", "systemctl", "is-active", QuoteString(unit), "2>/dev/null", ";",
+            "echo", ";", "echo", _SEP, ";", *state,
             "echo", _SEP, ";",
             "find", QuoteString(model_dir), "-path", QuoteString(f"{model_dir}/.cache"), "-prune", "-o",
             "-type", "f", "-printf", QuoteString("%s\\t%P\\n"), "2>/dev/null", ";", "true",

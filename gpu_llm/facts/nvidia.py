@@ -19,6 +19,13 @@ DRIVER_PACKAGE_RE = re.compile(r"^(nvidia-driver(-\d+(-server)?(-open)?)?|nvidia
                                r"|nvidia-headless-no-dkms-\d+(-server)?(-open)?)$")
 # Every package a driver release brings (same version as the metapackage); what we hold and pin.
 DRIVER_PATTERNS = ("nvidia*", "libnvidia*", "xserver-xorg-video-nvidia*", "libxnvctrl*", "cuda-drivers*")
+# $f := the running kernel's flavour as gpu_llm.plan.datacenter.kernel_flavour reads it ("6.8.0-60-generic" ->
+# "generic": what follows the version and the ABI number), with the shell's own pattern removal (no sed process).
+KERNEL_FLAVOUR = 'k=$(uname -r); f=${k#*-}; case "$f" in [0-9]*-*) f=${f#*-};; esac'
+# its metapackages (dpkg-query patterns on $f): linux[-image|-headers]-<flavour>[-hwe-*]
+KERNEL_META = ("linux-{f}", "linux-image-{f}", "linux-headers-{f}", "linux-{f}-hwe-*", "linux-image-{f}-hwe-*",
+               "linux-headers-{f}-hwe-*")
+KERNEL_META_ARGS = " ".join('"' + p.format(f="$f") + '"' for p in KERNEL_META)
 
 
 @dataclass(frozen=True)
@@ -33,7 +40,9 @@ class DriverState(JsonFact):
     """
     packages: installed packages matching DRIVER_PATTERNS; module_version: loaded kernel module (None: none);
     smi: nvidia-smi state; smi_driver / smi_cuda: "Driver Version" / "CUDA Version" from its header;
-    headers: "installed" | "available" | "missing" for linux-headers-<running kernel>.
+    headers: "installed" | "available" | "missing" for linux-headers-<running kernel>; "unknown": not installed,
+    and apt's lists not asked (the host snapshot leaves that to the install that needs it: `apt-cache show` costs
+    more than the rest of the driver's state).
     """
 
     packages: dict[str, Package] = field(default_factory=dict)
@@ -142,12 +151,15 @@ class NvidiaDriver(FactBase[DriverState]):
     def default() -> DriverState:
         return DriverState()
 
-    def command(self, smi: bool = True) -> str:
-        """`smi=False`: without nvidia-smi (the host snapshot reads it once, in its GPU part)."""
+    def command(self, smi: bool = True, dpkg: bool = True) -> str:
+        """`smi=False`: without nvidia-smi (the host snapshot reads it once, in its GPU part); `dpkg=False`: without
+        dpkg's packages, kernel headers and kernel metapackages (the host snapshot asks dpkg once, in its packages
+        part: gpu_llm.facts.snapshot.driver_dpkg_sections)."""
         patterns = " ".join(f"'{p}'" for p in DRIVER_PATTERNS)
         return "; ".join([
-            marker("dpkg"),
-            f"dpkg-query -W -f='${{db:Status-Abbrev}}|${{Package}}|${{Version}}\\n' {patterns} 2>/dev/null",
+            *([marker("dpkg"),
+               f"dpkg-query -W -f='${{db:Status-Abbrev}}|${{Package}}|${{Version}}\\n' {patterns} 2>/dev/null"]
+              if dpkg else []),
             marker("module"),
             "cat /sys/module/nvidia/version 2>/dev/null || head -n 1 /proc/driver/nvidia/version 2>/dev/null",
             *([marker("smi"),
@@ -155,15 +167,14 @@ class NvidiaDriver(FactBase[DriverState]):
                'printf "%s\\n" "$out" | head -n 4; else rc=missing; fi',
                marker("rc"), 'echo "$rc"'] if smi else []),
             marker("kernel"), "uname -r",
-            marker("headers"),
-            'k=linux-headers-$(uname -r); if dpkg-query -W -f=\'${db:Status-Abbrev}\' "$k" 2>/dev/null | grep -q "^.i"; '
-            'then echo installed; elif apt-cache show "$k" >/dev/null 2>&1; then echo available; else echo missing; fi',
+            *([marker("headers"),
+               'k=linux-headers-$(uname -r); if dpkg-query -W -f=\'${db:Status-Abbrev}\' "$k" 2>/dev/null | grep -q "^.i"; '
+               'then echo installed; elif apt-cache show "$k" >/dev/null 2>&1; then echo available; else echo missing; fi']
+              if dpkg else []),
             marker("reboot"), "[ -e /var/run/reboot-required ] && echo required",
             marker("nouveau"), "grep -q '^nouveau ' /proc/modules 2>/dev/null && echo loaded",
-            # the flavour as gpu_llm.plan.datacenter.kernel_flavour reads it ("6.8.0-60-generic" -> "generic")
-            marker("kernelmeta"), "f=$(uname -r | sed -E 's/^[0-9]+[.][0-9]+([.][0-9]+)?-([0-9]+-)?//'); "
-            "dpkg-query -W -f='${db:Status-Abbrev}|${Package}|${Version}\\n' \"linux-$f\" \"linux-image-$f\" "
-            "\"linux-headers-$f\" \"linux-$f-hwe-*\" \"linux-image-$f-hwe-*\" \"linux-headers-$f-hwe-*\" 2>/dev/null",
+            *([marker("kernelmeta"), f"{KERNEL_FLAVOUR}; dpkg-query -W -f='${{db:Status-Abbrev}}|${{Package}}|"
+               f"${{Version}}\\n' {KERNEL_META_ARGS} 2>/dev/null"] if dpkg else []),
             "true",
         ])
 

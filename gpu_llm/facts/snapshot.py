@@ -11,19 +11,22 @@ from __future__ import annotations
 
 import json
 import shlex
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from fnmatch import fnmatchcase
 from typing import Any
 
 from pyinfra.api import FactBase
 from pyinfra.context import ContextObject, ctx_host
 
-from gpu_llm.facts import JsonFact
+from gpu_llm.facts import MARK, JsonFact, sections
+from gpu_llm.facts.container import VERIFIED_DIR
 from gpu_llm.facts.docker_daemon import DaemonJson, DockerDaemonJson, parse_daemon_json
 from gpu_llm.facts.files import FileState, FileStates, parse_file_states
-from gpu_llm.facts.gpu import GpuInventory, NvidiaGpus, parse_inventory
+from gpu_llm.facts.gpu import PCI_TO_VAR, GpuInventory, NvidiaGpus, parse_inventory
 from gpu_llm.facts.host import HostPreflight, Preflight, parse_preflight
 from gpu_llm.facts.model import ModelSnapshot, SnapshotState, VenvMarker, parse_snapshot_output
-from gpu_llm.facts.nvidia import DRIVER_PATTERNS, DriverState, NvidiaDriver, parse_driver_state
+from gpu_llm.facts.nvidia import (DRIVER_PATTERNS, KERNEL_FLAVOUR, KERNEL_META, KERNEL_META_ARGS, DriverState,
+                                  NvidiaDriver, parse_driver_state)
 from gpu_llm.plan.container import MANAGED_LABEL, SPEC_LABEL
 
 PART = "##gpu-llm-part:"  # not a facts.MARK line: the parts' own section markers pass through untouched
@@ -52,6 +55,20 @@ class Service(JsonFact):
     enabled: str = ""  # `systemctl is-enabled`: enabled, disabled, masked, ... ("" when unknown)
 
 
+@dataclass(frozen=True)
+class Verified(JsonFact):
+    """A vLLM container that passed the full check (its marker in VERIFIED_DIR) and what it is now."""
+
+    marker: str = ""  # "<container id> <StartedAt>" the passing check recorded
+    url: str = ""  # the endpoint it checked
+    current: str = ""  # "<container id> <StartedAt>" of the container of that name now ("" when there is none)
+    health: str = ""  # HTTP status of <url>/health now ("000": no answer)
+
+    def holds(self, url: str) -> bool:
+        """The same container, not restarted since its full check, on the same endpoint, and /health answers."""
+        return bool(self.marker) and self.marker == self.current and self.url == url and self.health == "200"
+
+
 @dataclass
 class HostState(JsonFact):
     """Everything one snapshot read found. Parts reuse the parsers of the single-purpose facts."""
@@ -69,6 +86,7 @@ class HostState(JsonFact):
     model: SnapshotState = field(default_factory=lambda: SnapshotState(None))
     containers: list[dict[str, Any]] = field(default_factory=list)  # name, labels, state (PS_FORMAT) as in `docker inspect`
     images: list[str] = field(default_factory=list)  # local images as "repository:tag" and "repository@digest"
+    verified: dict[str, Verified] = field(default_factory=dict)  # container name -> its last passing full check
 
     @property
     def distro(self) -> dict[str, Any]:
@@ -85,9 +103,16 @@ class HostState(JsonFact):
 # ---- the command -----------------------------------------------------------------------------------------------
 
 
+_FLAVOUR = "kernel-flavour|"
+
+
 def _packages_command(names: tuple[str, ...]) -> str:
+    """ONE dpkg-query for every package the deploys decide on, the driver's (DRIVER_PATTERNS), the running kernel's
+    headers and its flavour's metapackages (the driver part's dpkg sections: driver_dpkg_sections)."""
     quoted = " ".join(shlex.quote(n) for n in (*DRIVER_PATTERNS, *names))
-    return f"dpkg-query -W -f='${{db:Status-Abbrev}}|${{Package}}|${{Version}}\\n' {quoted} 2>/dev/null; true"
+    return (f'{KERNEL_FLAVOUR}; echo "{_FLAVOUR}$f"; '
+            f"dpkg-query -W -f='${{db:Status-Abbrev}}|${{Package}}|${{Version}}\\n' {quoted} \"linux-headers-$k\" "
+            f"{KERNEL_META_ARGS} 2>/dev/null; true")
 
 
 def _sources_command(paths: tuple[str, ...]) -> str:
@@ -111,34 +136,68 @@ def _services_command(names: tuple[str, ...]) -> str:
 API = "docker-api "
 PS_FORMAT = f'ctr|{{{{.Names}}}}|{{{{.State}}}}|{{{{.Label "{SPEC_LABEL}"}}}}|{{{{.Label "{MANAGED_LABEL}"}}}}'
 _SOCKET = "/var/run/docker.sock"
-CONTAINERS_COMMAND = (
-    f"if [ -S {_SOCKET} ] && command -v curl >/dev/null 2>&1; then "
-    f"printf '{API}containers '; curl -sf -m 20 --unix-socket {_SOCKET} 'http://docker/containers/json?all=1'; echo; "
-    f"printf '{API}images '; curl -sf -m 20 --unix-socket {_SOCKET} http://docker/images/json; echo; "
-    "elif command -v docker >/dev/null 2>&1; then "
-    f"docker ps -a --no-trunc --format {shlex.quote(PS_FORMAT)} 2>/dev/null; "
-    "docker images --digests --format 'image {{.Repository}}:{{.Tag}} {{.Repository}}@{{.Digest}}' "
-    "2>/dev/null; fi; true")
+# Both answers come from one curl (its -w text after each body), split by the shell's pattern removal.
+_END = "~gpu-llm-end~"  # not starting with @: curl reads `-w @file` from a file
+def containers_command(socket: str = _SOCKET) -> str:
+    sock = shlex.quote(socket)
+    return (
+        f"if [ -S {sock} ] && command -v curl >/dev/null 2>&1; then "
+        f"r=$(curl -sf -m 20 --unix-socket {sock} -w '{_END}' 'http://docker/containers/json?all=1' "
+        f"http://docker/images/json); printf '{API}containers %s\\n' \"${{r%%{_END}*}}\"; r=${{r#*{_END}}}; "
+        f"printf '{API}images %s\\n' \"${{r%%{_END}*}}\"; "
+        "elif command -v docker >/dev/null 2>&1; then "
+        f"docker ps -a --no-trunc --format {shlex.quote(PS_FORMAT)} 2>/dev/null; "
+        "docker images --digests --format 'image {{.Repository}}:{{.Tag}} {{.Repository}}@{{.Digest}}' "
+        "2>/dev/null; fi; true")
+
+
+CONTAINERS_COMMAND = containers_command()
+
+
+# The endpoint check of a no-op re-run, read here: for each container a passing full check recorded (its marker
+# "<id> <StartedAt> <url>", written by gpu_llm.facts.container.verify_command), the container's id and start time
+# now and <url>/health's status, in ONE curl (Docker's API on the socket, then --next the endpoint). The inspect
+# answer carries the container's environment (its API key): it stays in a shell variable, only the two fields are
+# printed. gpu_llm.operations.vllm.verified runs the full check only where this does not hold (Verified.holds).
+_V = "verified|"
+
+
+def verified_command(verified_dir: str = VERIFIED_DIR, socket: str = _SOCKET) -> str:
+    return (
+        f'for m in {shlex.quote(verified_dir)}/verified-*; do [ -f "$m" ] || continue; n=${{m##*/verified-}}; '
+        'id=; at=; url=; read -r id at url < "$m"; j=; h=; cur=; '
+        f'if [ -n "$url" ] && [ -S {shlex.quote(socket)} ] && command -v curl >/dev/null 2>&1; then '
+        f'j=$(curl -s -m 5 --unix-socket {shlex.quote(socket)} "http://docker/containers/$n/json" '
+        '--next -s -m 5 -o /dev/null -w "~health=%{http_code}" "$url/health" 2>/dev/null); fi; '
+        """case "$j" in *'"Id":"'*'"StartedAt":"'*) i=${j#*'"Id":"'}; s=${j#*'"StartedAt":"'}; """
+        """cur="${i%%'"'*} ${s%%'"'*}";; esac; case "$j" in *~health=*) h=${j##*~health=};; esac; """
+        f'echo "{_V}$n|$id $at|$url|$cur|$h"; done; true'
+    )
 
 
 def snapshot_command(probe: Probe) -> str:
-    """The one shell command: each part in its own subshell, after a part marker."""
+    """The one shell command: the PCI bus scanned once, then each part in its own subshell, after a part marker."""
     parts = {
-        "preflight": Preflight().command(path=probe.model_dir),
+        "preflight": Preflight().command(path=probe.model_dir, pci_var=True),
         "systemd": "[ -d /run/systemd/system ] && echo yes; true",
-        "driver": NvidiaDriver().command(smi=False),  # nvidia-smi once, in the GPU part (~25 ms of host CPU each)
-        "gpus": NvidiaGpus().command(),
+        # nvidia-smi once, in the GPU part (~25 ms of host CPU each); dpkg once, in the packages part
+        "driver": NvidiaDriver().command(smi=False, dpkg=False),
+        "gpus": NvidiaGpus().command(pci_var=True),
         "packages": _packages_command(probe.packages),
         "files": FileStates().command(paths=probe.paths) if probe.paths else "true",
         "sources": _sources_command(probe.sources),
         "daemon": DockerDaemonJson().command(),
-        "services": _services_command(probe.services),
+        # the model download's unit with the others: one systemctl
+        "services": _services_command((*probe.services, probe.download_unit)),
         "venv": VenvMarker().command(venv=probe.hf_venv).get_raw_value(),
-        "model": ModelSnapshot().command(model_dir=probe.model_dir, unit=probe.download_unit).get_raw_value(),
+        "model": ModelSnapshot().command(model_dir=probe.model_dir, unit=None).get_raw_value(),
+        "download_unit": f"echo {shlex.quote(probe.download_unit)}",  # its state is in the services part
         "docker": CONTAINERS_COMMAND,
+        "verified": verified_command(),
     }
     # a marker starts on a line of its own even when the part before ended without a newline (cat of a file)
-    return "; ".join(f"printf '\\n{PART}{name}\\n'; ( {command} )" for name, command in parts.items())
+    return PCI_TO_VAR + "; " + "; ".join(f"printf '\\n{PART}{name}\\n'; ( {command} )"
+                                         for name, command in parts.items())
 
 
 # ---- parsing (pure) ---------------------------------------------------------------------------------------------
@@ -241,26 +300,56 @@ def parse_docker(lines: list[str]) -> tuple[list[dict[str, Any]], list[str]]:
     return containers, images
 
 
+def parse_verified(lines: list[str]) -> dict[str, Verified]:
+    """VERIFIED_COMMAND's `verified|<name>|<id> <StartedAt>|<url>|<id> <StartedAt> now|<health status>` lines."""
+    out = {}
+    for line in lines:
+        bits = line.strip().split("|")
+        if len(bits) == 6 and bits[0] + "|" == _V and bits[1]:
+            out[bits[1]] = Verified(marker=bits[2].strip(), url=bits[3], current=bits[4].strip(), health=bits[5])
+    return out
+
+
+def driver_dpkg_sections(packages: list[str], kernel: str) -> list[str]:
+    """The driver fact's dpkg, headers and kernelmeta sections, from the packages part's one dpkg-query."""
+
+    def named(patterns: tuple[str, ...] | list[str]) -> list[str]:
+        return [line for line in packages if line.count("|") == 2
+                and any(fnmatchcase(line.split("|")[1], p) for p in patterns)]
+
+    flavour = next((line[len(_FLAVOUR):].strip() for line in packages if line.startswith(_FLAVOUR)), "")
+    headers = "installed" if kernel and f"linux-headers-{kernel}" in parse_installed(packages) else "unknown"
+    meta = named([p.format(f=flavour) for p in KERNEL_META]) if flavour else []
+    return [f"{MARK}dpkg", *named(DRIVER_PATTERNS), f"{MARK}headers", headers, f"{MARK}kernelmeta", *meta]
+
+
 def parse_snapshot(lines: list[str]) -> HostState:
     p = split_parts(lines)
     containers, images = parse_docker(p.get("docker", []))
     gpus = parse_inventory(p.get("gpus", []))
     venv = "\n".join(p.get("venv", [])).strip()
+    kernel = (sections(p.get("driver", [])).get("kernel") or [""])[0].strip()
+    services = parse_services(p.get("services", []))
+    model = parse_snapshot_output(p.get("model", []))
+    if p.get("download_unit"):
+        model = replace(model, unit_state=services.get(p["download_unit"][0].strip(), Service()).active)
     return HostState(
         preflight=parse_preflight(p.get("preflight", [])),
         systemd=bool(p.get("systemd")) and p["systemd"][0].strip() == "yes",
-        driver=parse_driver_state(p.get("driver", []), smi=(gpus.smi, next(
-            (g.driver_version for g in gpus.gpus if g.driver_version), None), gpus.message)),
+        driver=parse_driver_state([*p.get("driver", []), *driver_dpkg_sections(p.get("packages", []), kernel)],
+                                  smi=(gpus.smi, next((g.driver_version for g in gpus.gpus if g.driver_version), None),
+                                       gpus.message)),
         gpus=gpus,
         packages=parse_installed(p.get("packages", [])),
         files=parse_file_states(p.get("files", [])),
         sources=parse_sources(p.get("sources", [])),
         daemon=parse_daemon_json(p.get("daemon", [])),
-        services=parse_services(p.get("services", [])),
+        services=services,
         venv_marker=venv or None,
-        model=parse_snapshot_output(p.get("model", [])),
+        model=model,
         containers=containers,
         images=images,
+        verified=parse_verified(p.get("verified", [])),
     )
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from pyinfra import host
 from pyinfra.api import StringCommand
@@ -181,6 +181,15 @@ def holds_missing(state: DriverState, spec: DriverSpec) -> list[str]:
     return sorted(n for n, p in state.packages.items() if spec.matches(p.version) and not p.held)
 
 
+def with_headers(state: DriverState) -> DriverState:
+    """`state` with the kernel headers' "unknown" (not installed; the host snapshot does not ask apt) resolved to
+    "available" or "missing" from apt's lists: only a DKMS install needs to know."""
+    if state.headers != "unknown" or not state.kernel:
+        return state
+    found = host.get_fact(AptShow, packages=(f"linux-headers-{state.kernel}",))
+    return replace(state, headers="available" if found else "missing")
+
+
 def _install_command(state: DriverState, spec: DriverSpec, replacing: bool) -> StringCommand:
     parts = [packages.apt_get("install"), "--no-install-recommends"]
     if replacing:
@@ -302,6 +311,7 @@ def driver(branch: str, version: str, open_modules: bool = True, replace: bool =
                                 *(["--allow-downgrades", "--allow-change-held-packages"]
                                   if decision.kind == "replace" else []), *install)
         else:
+            state = with_headers(state)
             if state.headers == "missing":
                 warn(host, f"linux-headers-{state.kernel} is not in apt: DKMS cannot build the driver for the "
                            "running kernel; boot a distro kernel")

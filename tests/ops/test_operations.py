@@ -118,6 +118,19 @@ def test_driver_fresh_host_without_headers_package_warns():
     assert any("linux-headers-6.1.0-37-amd64 is not in apt" in m for m in r.logs)
 
 
+@pytest.mark.parametrize("in_apt", [True, False])
+def test_driver_install_asks_apt_for_headers_only_when_the_snapshot_left_it_unknown(in_apt):
+    """The host snapshot says "unknown" for headers that are not installed; only a DKMS install asks apt."""
+    from gpu_llm.facts.nvidia import AptShow
+
+    before = DriverState(kernel="6.8.0-60-generic", headers="unknown")
+    show = ["Package: linux-headers-6.8.0-60-generic", "Version: 6.8.0-60.63", ""] if in_apt else []  # apt-cache show
+    r = run(nvidia.driver, {"LinuxDistribution": NOBLE, "NvidiaDriver": Reads([before, DriverState(packages=ours())]),
+                            AptShow.__name__: show}, **DRIVER)
+    assert ("linux-headers-6.8.0-60-generic" in r.commands[0]) is in_apt
+    assert any("is not in apt" in m for m in r.logs) is not in_apt
+
+
 def test_driver_same_version_held_is_noop():
     st = DriverState(packages=ours(), module_version=V, smi="ok", smi_driver=V)
     r = run(nvidia.driver, {"LinuxDistribution": NOBLE, "NvidiaDriver": st}, **DRIVER)

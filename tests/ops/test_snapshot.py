@@ -30,7 +30,7 @@ def test_one_command_reads_every_part_on_a_real_shell(tmp_path: Path) -> None:
     out = subprocess.run(["sh", "-c", snapshot_command(probe)], capture_output=True, text=True, check=True)
     parts = split_parts(out.stdout.splitlines())
     assert set(parts) == {"preflight", "systemd", "driver", "gpus", "packages", "files", "sources", "daemon",
-                          "services", "venv", "model", "docker"}
+                          "services", "venv", "model", "download_unit", "docker", "verified"}
     state = HostSnapshot().process(out.stdout.splitlines())
     assert state.preflight.uid >= 0 and state.preflight.arch and state.preflight.release.get("ID")
     assert state.files[str(conf)].sha256 == hashlib.sha256(b"blacklist nouveau\n").hexdigest()
@@ -150,3 +150,149 @@ def test_nvidia_smi_runs_once_and_the_driver_state_comes_from_the_gpu_part() -> 
     mismatch = (FIXTURES / "nvidia-smi" / "smi-mismatch.txt").read_text().splitlines()
     assert parse_snapshot(_snapshot_with_gpu_part(mismatch, "18")).driver.smi == "mismatch"
     assert parse_snapshot([]).driver.smi == "missing"
+
+
+def test_one_dpkg_query_one_systemctl_one_pci_scan_and_no_apt_cache() -> None:
+    """The host's processes per read: dpkg, systemd and the PCI bus are asked once each, apt's lists not at all."""
+    command = snapshot_command(Probe(model_dir="/m", download_unit="d.service", hf_venv="/v", packages=("bash",),
+                                     services=("docker",)))
+    assert command.count("dpkg-query") == 1 and command.count("systemctl") == 1
+    assert command.count("/sys/bus/pci/devices/*") == 1 and "apt-cache" not in command
+    assert command.count("$(curl ") == 2  # Docker's containers and images in one; the recorded checks (see below)
+    assert " wc " not in command and "| tail" not in command and "sed " not in command
+
+
+def test_driver_dpkg_sections_come_from_the_packages_part() -> None:
+    """What the driver fact's own dpkg-queries gave (its packages, headers, kernel metapackages) from one query."""
+    from gpu_llm.facts.snapshot import driver_dpkg_sections
+
+    kernel = "6.8.0-60-generic"
+    lines = ["kernel-flavour|generic", "hi |nvidia-driver-570-open|570.172.08-0ubuntu1", "ii |docker-ce|5:28.0.1-1",
+             "ii |linux-headers-6.8.0-60-generic|6.8.0-60.63", "hi |linux-generic|6.8.0-60.63",
+             "ii |linux-image-generic-hwe-24.04|6.8.0-60.63", "un |linux-headers-generic|",
+             "ii |libnvidia-compute-570|570.172.08-0ubuntu1"]
+    state = parse_snapshot(["##gpu-llm-part:driver", "##gpu-llm:kernel", kernel, "##gpu-llm-part:packages", *lines])
+    assert set(state.driver.packages) == {"nvidia-driver-570-open", "libnvidia-compute-570"}
+    assert state.driver.packages["nvidia-driver-570-open"].held and state.driver.headers == "installed"
+    assert set(state.driver.kernel_meta) == {"linux-generic", "linux-image-generic-hwe-24.04"}
+    assert state.driver.kernel_meta["linux-generic"].held
+    without = [line for line in lines if "linux-headers-6.8" not in line]
+    assert driver_dpkg_sections(without, kernel)[driver_dpkg_sections(without, kernel).index("##gpu-llm:headers") + 1] \
+        == "unknown"  # not installed: whether apt has it is asked only by a DKMS install (operations.nvidia)
+
+
+def test_kernel_flavour_in_the_shell_is_the_planners() -> None:
+    """KERNEL_FLAVOUR (shell pattern removal) gives what gpu_llm.plan.datacenter.kernel_flavour gives."""
+    from gpu_llm.facts.nvidia import KERNEL_FLAVOUR
+    from gpu_llm.plan.datacenter import kernel_flavour
+
+    for kernel in ("6.8.0-60-generic", "6.8.0-1030-aws", "6.8.0-1012-nvidia-64k", "6.8.0-generic",
+                   "5.15.0-139-lowlatency-hwe-22.04"):
+        out = subprocess.run(["sh", "-c", KERNEL_FLAVOUR.replace("$(uname -r)", kernel) + '; echo "$f"'],
+                             capture_output=True, text=True, check=True).stdout.strip()
+        assert out == kernel_flavour(kernel), kernel
+
+
+def test_recorded_checks_are_read_with_one_curl_and_no_environment(tmp_path: Path) -> None:
+    """verified_command on a real shell: the container's id and start time and /health's status come back; its
+    inspect answer (which holds the API key) does not."""
+    import os
+
+    from gpu_llm.facts.snapshot import parse_verified, verified_command
+
+    bin_dir, run = tmp_path / "bin", tmp_path / "run"
+    bin_dir.mkdir()
+    run.mkdir()
+    socket = tmp_path / "docker.sock"
+    import socket as s
+
+    listener = s.socket(s.AF_UNIX)
+    listener.bind(str(socket))  # only has to exist as a socket: curl is a stub
+    inspect = ('{"Id":"abc123","Created":"x","State":{"Status":"running","StartedAt":"2026-11-22T01:00:00Z",'
+               '"FinishedAt":"0001-01-01T00:00:00Z"},"Config":{"Env":["VLLM_API_KEY=sk-secret"]}}')
+    log = tmp_path / "curl.log"
+    (bin_dir / "curl").write_text(f"#!/bin/sh\necho \"$@\" >> {log}\nprintf '%s\\n' '{inspect}'\n"
+                                  "printf '~health=%s' \"$(cat " + str(tmp_path / "health") + ")\"\n")
+    (bin_dir / "curl").chmod(0o755)
+    (tmp_path / "health").write_text("200")
+    (run / "verified-coder").write_text("abc123 2026-11-22T01:00:00Z http://127.0.0.1:8000\n")
+    (run / "verified-old").write_text("abc123 2026-11-22T01:00:00Z\n")  # recorded by an older gpu-llm: no url
+    command = verified_command(str(run), str(socket))
+    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}"}
+    out = subprocess.run(["sh", "-c", command], capture_output=True, text=True, check=True, env=env).stdout
+    assert "sk-secret" not in out and "Env" not in out
+    seen = parse_verified(out.splitlines())
+    assert seen["coder"].holds("http://127.0.0.1:8000") and not seen["coder"].holds("http://127.0.0.1:9000")
+    assert not seen["old"].holds("http://127.0.0.1:8000") and seen["old"].current == ""
+    assert len(log.read_text().splitlines()) == 1  # one curl for coder (old has no url to check)
+    (tmp_path / "health").write_text("503")
+    out = subprocess.run(["sh", "-c", command], capture_output=True, text=True, check=True, env=env).stdout
+    assert not parse_verified(out.splitlines())["coder"].holds("http://127.0.0.1:8000")
+    listener.close()
+
+
+def test_docker_and_recorded_checks_through_real_curl(tmp_path: Path) -> None:
+    """The docker and verified parts with the real curl (its -w text, --next, --unix-socket) against a stand-in
+    Docker API on a unix socket and a /health on TCP; the answers split and parse as Docker's own would."""
+    import http.server
+    import json as js
+    import os
+    import shutil
+    import socketserver
+    import threading
+
+    import pytest
+
+    from gpu_llm.facts.snapshot import containers_command, parse_docker, parse_verified, verified_command
+
+    if shutil.which("curl") is None:
+        pytest.skip("curl is not installed")
+    answers = {
+        "/containers/json?all=1": [{"Id": "abc123", "Names": ["/coder"], "State": "running",
+                                    "Labels": {"gpu-llm.spec-hash": "h1", "gpu-llm.managed": "true"}}],
+        "/images/json": [{"RepoTags": ["vllm/vllm-openai:v0.11.0"], "RepoDigests": []}],
+        "/containers/coder/json": {"Id": "abc123", "State": {"StartedAt": "2026-11-22T01:00:00Z"},
+                                   "Config": {"Env": ["VLLM_API_KEY=sk-secret"]}},
+    }
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802 - http.server's name
+            found = self.path in answers or self.path == "/health"
+            # compact, as Docker's Go encoder writes it (the shell matches "Id":" and "StartedAt":")
+            answer = answers.get(self.path)
+            body = (js.dumps(answer, separators=(",", ":")) + "\n").encode() if answer is not None else b""
+            self.send_response(200 if found else 404)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+        def address_string(self) -> str:
+            return "local"
+
+    class UnixServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
+        daemon_threads = True
+
+    sock = str(tmp_path / "docker.sock")
+    servers = [UnixServer(sock, Handler), http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)]
+    for server in servers:
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{servers[1].server_address[1]}"
+        run = tmp_path / "run"
+        run.mkdir()
+        (run / "verified-coder").write_text(f"abc123 2026-11-22T01:00:00Z {url}\n")
+        command = containers_command(sock) + "; " + verified_command(str(run), sock)
+        out = subprocess.run(["sh", "-c", command], capture_output=True, text=True, check=True,
+                             env={**os.environ, "NO_PROXY": "*"}).stdout
+        assert "sk-secret" not in out
+        lines = out.splitlines()
+        containers, images = parse_docker(lines)
+        assert [c["Name"] for c in containers] == ["/coder"] and images == ["vllm/vllm-openai:v0.11.0"]
+        assert parse_verified(lines)["coder"].holds(url)
+    finally:
+        for server in servers:
+            server.shutdown()
+            server.server_close()

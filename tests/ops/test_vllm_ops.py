@@ -47,7 +47,7 @@ def fake():
 
     def install(facts: dict[Any, Any], executing: bool = True) -> FakeHost:
         merged = {NvidiaGpus: GpuInventory(smi="ok", gpus=H200), **facts}
-        h = FakeHost({k if isinstance(k, tuple) else k.__name__: v for k, v in merged.items()})
+        h = FakeHost({k if isinstance(k, (tuple, str)) else k.__name__: v for k, v in merged.items()})
         stack.enter_context(ctx_state.use(opkit.FakeState(is_executing=executing)))
         stack.enter_context(ctx_host.use(h))
         return h
@@ -211,6 +211,34 @@ def test_verify_failure_fails_the_op_with_the_message(fake):
     assert "not healthy after 1200s" in cmd and cmd.endswith("exit 1")
 
 
+def test_verify_takes_a_holding_check_from_the_host_snapshot_without_a_command(fake):
+    """A no-op re-run: the snapshot read the recorded container, its start time and /health; nothing else runs."""
+    from gpu_llm.facts import snapshot
+    from gpu_llm.facts.snapshot import Verified
+
+    s = settings()
+    url = "http://127.0.0.1:8000"
+    holds = {"coder": Verified("abc 2026-11-22T01:00:00Z", url, "abc 2026-11-22T01:00:00Z", "200")}
+    h = fake({"Verified": holds})  # no VllmVerdict in the fixture: reading it would raise
+    snapshot.current(h)  # the run's first read (an earlier op's)
+    assert verify(s) == [] and not getattr(h, "verdict_calls", [])
+    assert h.logs == ["coder on 127.0.0.1:8000 healthy; this container (not restarted since) passed the full "
+                      "check before"]
+    ok = parse_verdict(['{"ok": true, "model": "coder"}', "gpu-llm-verify-rc=0"])
+    for why, seen in [("restarted since", Verified("abc t1", url, "abc t2", "200")),
+                      ("/health down", Verified("abc t1", url, "abc t1", "000")),
+                      ("another port", Verified("abc t1", "http://127.0.0.1:9000", "abc t1", "200")),
+                      ("old marker without url", Verified("abc t1", "", "", ""))]:
+        h = fake({"Verified": {"coder": seen}, (VllmVerdict, url): ok})
+        snapshot.current(h)
+        assert verify(s) == [] and len(getattr(h, "verdict_calls", [])) == 1, why
+    restarted = {"coder": Verified("abc t1", url, "abc t2", "200")}
+    h = fake({"Verified": opkit.Reads([holds, restarted]), (VllmVerdict, url): ok})
+    snapshot.current(h)
+    snapshot.invalidate(h)  # an op changed the host in this run: the check goes by a read taken after that
+    assert verify(s) == [] and len(h.verdict_calls) == 1 and h.reads["HostSnapshot"] == 2
+
+
 @pytest.mark.parametrize("keyed", [False, True])
 def test_verify_is_given_the_timeout_smoke_test_and_env_file_of_the_plan(fake, keyed):
     s = settings(vllm_api_key="sk-very-secret-key") if keyed else settings()
@@ -272,7 +300,7 @@ def test_verify_fast_path_runs_in_a_real_shell(tmp_path):
 
     first, calls = run()  # nothing recorded yet: the full check, which records the container
     assert first.ok and first.result.get("reply") == "ready" and "full" in calls
-    assert (state / "verified-coder").read_text().strip() == "abc 2026-11-22T01:00:00Z"
+    assert (state / "verified-coder").read_text().strip() == "abc 2026-11-22T01:00:00Z http://127.0.0.1:8000"
     again, calls = run()  # same container, healthy: no Python
     assert again.ok and again.result.get("verified_before") and "full" not in calls and "curl" in calls
     (tmp_path / "container").write_text("abc 2026-11-22T02:00:00Z\n")  # restarted since: full check again
@@ -280,7 +308,7 @@ def test_verify_fast_path_runs_in_a_real_shell(tmp_path):
     (tmp_path / "verify_rc").write_text("1")
     failed, calls = run()
     assert not failed.ok and "full" in calls
-    assert (state / "verified-coder").read_text().strip() == "abc 2026-11-22T01:00:00Z"  # failure records nothing
+    assert (state / "verified-coder").read_text().strip() == "abc 2026-11-22T01:00:00Z http://127.0.0.1:8000"  # failure records nothing
     (tmp_path / "container").write_text("abc 2026-11-22T01:00:00Z\n")
     (tmp_path / "health_rc").write_text("7")  # recorded but /health down: full check (which waits)
     _, calls = run()
