@@ -1,11 +1,12 @@
-"""Host CPU of one snapshot read, the previous form against the current one, side by side on one testbed host.
+"""Host CPU of one snapshot read, whole and part by part, on one converged testbed host.
 
     sudo .venv/bin/python benchmarks/snapshot_cpu.py [--reps 15]
 
-Brings up one h200-x1 host (GPU_LLM_TESTBED_ID), converges it, then runs, interleaved, the snapshot command as it was
-(the driver part asking nvidia-smi itself, Docker's state from `docker ps` + `docker images`) and as it is (one
-nvidia-smi, Docker's API on its socket with curl), timing each with bash's `time` on the host (user + sys seconds).
-Prints the medians and their ratio; tears the testbed down.
+Brings up one h200-x1 host (GPU_LLM_TESTBED_ID), converges it, then runs, interleaved per repetition, the whole
+snapshot command and each of its parts (after the prelude the parts share), timing each with bash's `time` on the
+host: user + sys seconds of the shell and the processes it starts. Not counted: what systemd, dockerd or the vLLM
+endpoint do on its behalf, and sshd (benchmarks/rerun.py's CPU accounting reads the host's whole cgroup). Prints the
+medians, largest first; tears the testbed down.
 """
 
 from __future__ import annotations
@@ -20,7 +21,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script:
 
 from benchmarks.rerun import pyinfra  # noqa: E402
 from gpu_llm.facts import snapshot as sn  # noqa: E402
-from gpu_llm.facts.nvidia import NvidiaDriver  # noqa: E402
 from gpu_llm.layout import probe  # noqa: E402
 from gpu_llm.settings import from_data  # noqa: E402
 from tests.testbed.data import base_data, stage_host  # noqa: E402
@@ -28,13 +28,11 @@ from tests.testbed.harness import Host, Testbed  # noqa: E402
 from tests.testbed.pyinfra_run import write_inventory  # noqa: E402
 
 
-def commands() -> tuple[str, str]:
-    """(previous form, current form) of the snapshot command for default settings."""
-    new = sn.snapshot_command(probe(from_data({})))
-    old = new.replace(NvidiaDriver().command(smi=False), NvidiaDriver().command(smi=True)).replace(
-        "command -v curl", "command -v no-such-curl")  # the docker CLI branch
-    assert old.count("nvidia-smi") > new.count("nvidia-smi") and "no-such-curl" in old
-    return old, new
+def commands(settings: dict | None = None) -> dict[str, str]:
+    """{"whole": the snapshot command, "prelude": its prelude, <part>: prelude + that part} for `settings`."""
+    p = probe(from_data(settings or {}))
+    return {"whole": sn.snapshot_command(p), "prelude": sn.PRELUDE,
+            **{name: f"{sn.PRELUDE}; ( {command} )" for name, command in sn.snapshot_parts(p).items()}}
 
 
 def host_cpu_s(host: Host, command: str) -> float:
@@ -54,14 +52,16 @@ def main(argv: list[str] | None = None) -> int:
         inv = write_inventory(Path(tempfile.mkdtemp(prefix="gpu-llm-snapcpu-")) / "inventory.py", [host],
                               {host.name: stage_host(tb, host)}, base_data(tb))
         pyinfra(inv, "deploy.py")
-        old_cmd, new_cmd = commands()
-        old, new = [], []
+        cmds = commands()
+        times: dict[str, list[float]] = {name: [] for name in cmds}
         for _ in range(args.reps):
-            old.append(host_cpu_s(host, old_cmd))
-            new.append(host_cpu_s(host, new_cmd))
-        mo, mn = statistics.median(old), statistics.median(new)
-        print(f"snapshot host CPU, median of {args.reps} interleaved: previous {mo * 1000:.0f} ms, "
-              f"current {mn * 1000:.0f} ms, current/previous {mn / mo:.2f}")
+            for name, command in cmds.items():
+                times[name].append(host_cpu_s(host, command))
+        med = {name: statistics.median(v) for name, v in times.items()}
+        print(f"host CPU of one snapshot read, medians of {args.reps} interleaved repetitions "
+              "(a part's figure includes the prelude's):")
+        for name, value in sorted(med.items(), key=lambda kv: -kv[1]):
+            print(f"  {name:14s} {value * 1000:6.1f} ms")
     finally:
         tb.down()
     return 0

@@ -175,9 +175,12 @@ def verified_command(verified_dir: str = VERIFIED_DIR, socket: str = _SOCKET) ->
     )
 
 
-def snapshot_command(probe: Probe) -> str:
-    """The one shell command: the PCI bus scanned once, then each part in its own subshell, after a part marker."""
-    parts = {
+PRELUDE = PCI_TO_VAR  # what the parts share: the PCI bus scanned once ($pci, $nvsw)
+
+
+def snapshot_parts(probe: Probe) -> dict[str, str]:
+    """{part: its shell command}, each run after PRELUDE (benchmarks/snapshot_cpu.py times them one by one)."""
+    return {
         "preflight": Preflight().command(path=probe.model_dir, pci_var=True),
         "systemd": "[ -d /run/systemd/system ] && echo yes; true",
         # nvidia-smi once, in the GPU part (~25 ms of host CPU each); dpkg once, in the packages part
@@ -195,9 +198,13 @@ def snapshot_command(probe: Probe) -> str:
         "docker": CONTAINERS_COMMAND,
         "verified": verified_command(),
     }
+
+
+def snapshot_command(probe: Probe) -> str:
+    """The one shell command: the PCI bus scanned once, then each part in its own subshell, after a part marker."""
     # a marker starts on a line of its own even when the part before ended without a newline (cat of a file)
-    return PCI_TO_VAR + "; " + "; ".join(f"printf '\\n{PART}{name}\\n'; ( {command} )"
-                                         for name, command in parts.items())
+    return PRELUDE + "; " + "; ".join(f"printf '\\n{PART}{name}\\n'; ( {command} )"
+                                      for name, command in snapshot_parts(probe).items())
 
 
 # ---- parsing (pure) ---------------------------------------------------------------------------------------------

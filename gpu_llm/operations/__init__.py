@@ -16,10 +16,11 @@ from pyinfra.api import FunctionCommand, QuoteString, State, StringCommand
 from pyinfra.api import operation as pyinfra_operation
 from pyinfra.api.host import Host
 
-from gpu_llm import op_order
+from gpu_llm import global_args, op_order
 from gpu_llm.facts import snapshot
 
 op_order.install()  # pyinfra's per-operation stack walk without reading source files (gpu_llm/op_order.py)
+global_args.install()  # pyinfra's global-argument list computed once, not per operation (gpu_llm/global_args.py)
 
 
 def operation(**op_kwargs: Any) -> Callable:

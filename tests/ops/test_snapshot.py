@@ -296,3 +296,14 @@ def test_docker_and_recorded_checks_through_real_curl(tmp_path: Path) -> None:
         for server in servers:
             server.shutdown()
             server.server_close()
+
+
+def test_snapshot_cpu_benchmark_times_the_whole_read_and_every_part() -> None:
+    from benchmarks.snapshot_cpu import commands
+
+    from gpu_llm.facts.snapshot import PRELUDE
+
+    cmds = commands()
+    assert set(cmds) >= {"whole", "prelude", "gpus", "packages", "docker", "verified"}
+    assert all(c.startswith(PRELUDE) for c in cmds.values())
+    assert cmds["whole"].count("dpkg-query") == 1 and "dpkg-query" in cmds["packages"]
