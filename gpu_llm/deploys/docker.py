@@ -29,7 +29,7 @@ def docker() -> None:
                                filename=NVCT_SOURCE,
                                src=f"deb [signed-by={NVCT_KEY}] {url}/stable/deb/amd64 /"))
     packages.update(name="Refresh apt lists for Docker and the Container Toolkit",
-                    _if=lambda: any(r.did_change() for r in repos))
+                    _if=lambda: any(r.did_change() for r in repos) or bool(packages.lists_missing()))
     packages.packages(name="Install Docker", packages=docker_packages)
     version = s.container_toolkit_version
     packages.packages(name="Install NVIDIA Container Toolkit",

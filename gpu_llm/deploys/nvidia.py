@@ -49,7 +49,8 @@ def nvidia() -> None:
         return
     repo = nvidia_ops.cuda_repo(name="Add NVIDIA's CUDA repository", base_url=s.nvidia_cuda_repo_url,
                                 keyring_version=s.nvidia_cuda_keyring_version)
-    packages.update(name="Refresh apt lists for NVIDIA's repository", _if=repo.did_change)
+    packages.update(name="Refresh apt lists for NVIDIA's repository",
+                    _if=lambda: repo.did_change() or bool(packages.lists_missing()))
     if s.nvidia_driver_install:
         gpu_files.put(name=f"Pin NVIDIA driver {s.nvidia_driver_version} in apt preferences",
                       content=render(TEMPLATES / "nvidia-driver.pref.j2", version=s.nvidia_driver_version),

@@ -168,8 +168,9 @@ class NvidiaDriver(FactBase[DriverState]):
                marker("rc"), 'echo "$rc"'] if smi else []),
             marker("kernel"), "uname -r",
             *([marker("headers"),
-               'k=linux-headers-$(uname -r); if dpkg-query -W -f=\'${db:Status-Abbrev}\' "$k" 2>/dev/null | grep -q "^.i"; '
-               'then echo installed; elif apt-cache show "$k" >/dev/null 2>&1; then echo available; else echo missing; fi']
+               'k=linux-headers-$(uname -r); if dpkg-query -W -f=\'${db:Status-Abbrev}\' "$k" 2>/dev/null '
+               '| grep -q "^.i"; then echo installed; elif apt-cache show "$k" >/dev/null 2>&1; then echo available; '
+               'else echo missing; fi']
               if dpkg else []),
             marker("reboot"), "[ -e /var/run/reboot-required ] && echo required",
             marker("nouveau"), "grep -q '^nouveau ' /proc/modules 2>/dev/null && echo loaded",

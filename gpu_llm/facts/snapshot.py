@@ -87,6 +87,7 @@ class HostState(JsonFact):
     containers: list[dict[str, Any]] = field(default_factory=list)  # name, labels, state (PS_FORMAT) as in `docker inspect`
     images: list[str] = field(default_factory=list)  # local images as "repository:tag" and "repository@digest"
     verified: dict[str, Verified] = field(default_factory=dict)  # container name -> its last passing full check
+    apt_lists: list[str] = field(default_factory=list)  # apt's Release files in /var/lib/apt/lists (file names)
 
     @property
     def distro(self) -> dict[str, Any]:
@@ -189,6 +190,8 @@ def snapshot_parts(probe: Probe) -> dict[str, str]:
         "packages": _packages_command(probe.packages),
         "files": FileStates().command(paths=probe.paths) if probe.paths else "true",
         "sources": _sources_command(probe.sources),
+        # which repositories apt has lists of (a glob: no process)
+        "apt_lists": 'for f in /var/lib/apt/lists/*Release; do [ -e "$f" ] && echo "${f##*/}"; done; true',
         "daemon": DockerDaemonJson().command(),
         # the model download's unit with the others: one systemctl
         "services": _services_command((*probe.services, probe.download_unit)),
@@ -357,6 +360,7 @@ def parse_snapshot(lines: list[str]) -> HostState:
         containers=containers,
         images=images,
         verified=parse_verified(p.get("verified", [])),
+        apt_lists=[line.strip() for line in p.get("apt_lists", []) if line.strip()],
     )
 
 

@@ -4,6 +4,8 @@ each operation)."""
 
 from __future__ import annotations
 
+from urllib.parse import unquote
+
 from pyinfra import host
 from pyinfra.api import StringCommand
 from pyinfra.facts.apt import noninteractive_apt
@@ -27,6 +29,36 @@ def apt_get(command: str) -> str:
 def source_file(filename: str) -> str:
     """Where packages.repo writes source `filename` (the snapshot reads these files: gpu_llm.layout)."""
     return f"{SOURCES_DIR}/{filename}.list"
+
+
+def lists_stem(line: str) -> str | None:
+    """The name apt gives the lists of a one-line source (`deb [options] URI SUITE [COMPONENTS]`), before its
+    `_InRelease` / `_Release` / `_<component>_...`: the URI without scheme and login, then `dists/SUITE` (a flat
+    repository's SUITE ends with /, and adds itself), slashes as underscores. apt also %-quotes some characters
+    ("x86_64" -> "x86%5f64", as the testbed's real apt names its lists: tests/ops/test_operations.py); compare it
+    with `unquote`d names. None for what is not a `deb` line."""
+    words = line.split()
+    if not words or words[0] != "deb":
+        return None
+    words = words[1:]
+    if words and words[0].startswith("["):  # options, which may hold spaces: up to the word that closes them
+        end = next((i for i, w in enumerate(words) if w.endswith("]")), len(words) - 1)
+        words = words[end + 1:]
+    if len(words) < 2:
+        return None
+    uri, suite = words[0].rstrip("/"), words[1]
+    path = uri.split("://", 1)[-1].rsplit("@", 1)[-1]
+    path += ("/" + suite.strip("/") if suite.strip("/") else "") if suite.endswith("/") else f"/dists/{suite}"
+    return path.replace("/", "_")
+
+
+def lists_missing() -> list[str]:
+    """Lines of gpu-llm's apt sources on the host (the snapshot's probe) whose lists apt does not have: a run cut off
+    between adding a repository and refreshing apt leaves one, and the next run must still refresh."""
+    state = snapshot.current(host)
+    names = [unquote(name) for name in state.apt_lists]
+    return [line for lines in state.sources.values() for line in lines
+            if (stem := lists_stem(line)) and not any(name.startswith(stem + "_") for name in names)]
 
 
 @operation()

@@ -95,7 +95,8 @@ def _parts() -> dict[str, tuple[str, type | None]]:
             "DockerDaemonJson": ("daemon", DockerDaemonJson), "ModelSnapshot": ("model", ModelSnapshot),
             "DebPackages": ("packages", None), "AptSources": ("sources", None), "Services": ("services", None),
             "Systemd": ("systemd", None), "VenvMarker": ("venv_marker", None), "DockerContainers": ("containers", None),
-            "Images": ("images", None), "Verified": ("verified", None)}
+            "Images": ("images", None), "Verified": ("verified", None),
+            "AptLists": ("apt_lists", None)}
 
 
 def compose(facts: dict[Any, Any], n: int = 0) -> HostState:

@@ -337,3 +337,41 @@ def test_preflight_refuses_settings_asking_for_more_gpus_than_the_bus_shows(data
     r = run(preflight.check, {"Preflight": GOOD}, gpus_needed=needed(data), **ARGS)
     assert len(r.commands) == 1 and expected in r.commands[0]
     assert run(preflight.check, {"Preflight": GOOD}, gpus_needed=needed({}), **ARGS).commands == []
+
+
+# ---- apt lists of our sources -------------------------------------------------------------------------------
+
+# Lists a real apt (Ubuntu 24.04, a converged testbed host) wrote for these sources: note its "%5f" for "_".
+REAL_LISTS = ["archive.ubuntu.com_ubuntu_dists_noble_InRelease",
+              "developer.download.nvidia.com_compute_cuda_repos_ubuntu2404_x86%5f64_InRelease",
+              "download.docker.com_linux_ubuntu_dists_noble_InRelease",
+              "nvidia.github.io_libnvidia-container_stable_deb_amd64_InRelease"]
+REAL_SOURCES = {
+    "/etc/apt/sources.list.d/cuda-ubuntu2404-x86_64.list": [
+        "deb [signed-by=/usr/share/keyrings/cuda-archive-keyring.gpg] "
+        "https://developer.download.nvidia.com/compute/cuda/repos/ubuntu2404/x86_64/ /"],
+    "/etc/apt/sources.list.d/docker.list": [
+        "deb [arch=amd64 signed-by=/etc/apt/keyrings/docker.asc] https://download.docker.com/linux/ubuntu noble stable"],
+    "/etc/apt/sources.list.d/nvidia-container-toolkit.list": [
+        "deb [signed-by=/etc/apt/keyrings/nvidia-container-toolkit.asc] "
+        "https://nvidia.github.io/libnvidia-container/stable/deb/amd64 /"],
+}
+
+
+def test_lists_missing_finds_a_source_apt_has_no_lists_of():
+    """A run cut between adding a repository and `apt-get update` leaves the source without lists: found."""
+    from opkit import FakeHost
+    from pyinfra.context import ctx_host
+
+    from gpu_llm.operations.packages import lists_missing, lists_stem
+
+    assert lists_stem("deb http://user:pw@example.org/debian/ bookworm main") == "example.org_debian_dists_bookworm"
+    assert lists_stem("# deb https://x/ /") is None and lists_stem("deb [arch=amd64]") is None
+    for lists, missing in [(REAL_LISTS, []),
+                           ([n for n in REAL_LISTS if "docker" not in n],
+                            REAL_SOURCES["/etc/apt/sources.list.d/docker.list"]),
+                           ([n for n in REAL_LISTS if "cuda" not in n],
+                            REAL_SOURCES["/etc/apt/sources.list.d/cuda-ubuntu2404-x86_64.list"])]:
+        with ctx_host.use(FakeHost({"AptSources": REAL_SOURCES, "AptLists": lists})):
+            assert lists_missing() == missing
+

@@ -30,7 +30,7 @@ def test_one_command_reads_every_part_on_a_real_shell(tmp_path: Path) -> None:
     out = subprocess.run(["sh", "-c", snapshot_command(probe)], capture_output=True, text=True, check=True)
     parts = split_parts(out.stdout.splitlines())
     assert set(parts) == {"preflight", "systemd", "driver", "gpus", "packages", "files", "sources", "daemon",
-                          "services", "venv", "model", "download_unit", "docker", "verified"}
+                          "services", "venv", "model", "download_unit", "docker", "verified", "apt_lists"}
     state = HostSnapshot().process(out.stdout.splitlines())
     assert state.preflight.uid >= 0 and state.preflight.arch and state.preflight.release.get("ID")
     assert state.files[str(conf)].sha256 == hashlib.sha256(b"blacklist nouveau\n").hexdigest()

@@ -308,7 +308,8 @@ def test_verify_fast_path_runs_in_a_real_shell(tmp_path):
     (tmp_path / "verify_rc").write_text("1")
     failed, calls = run()
     assert not failed.ok and "full" in calls
-    assert (state / "verified-coder").read_text().strip() == "abc 2026-11-22T01:00:00Z http://127.0.0.1:8000"  # failure records nothing
+    # failure records nothing
+    assert (state / "verified-coder").read_text().strip() == "abc 2026-11-22T01:00:00Z http://127.0.0.1:8000"
     (tmp_path / "container").write_text("abc 2026-11-22T01:00:00Z\n")
     (tmp_path / "health_rc").write_text("7")  # recorded but /health down: full check (which waits)
     _, calls = run()
