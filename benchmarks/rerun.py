@@ -42,12 +42,17 @@ REFERENCE = {"floor_s": 0.60, "ansible_nvidia_driver_plus_docker_noop_s": 15.8, 
 FLOOR_ARGS = ("exec", "--", "true")
 
 
+# Python caches compiled modules (__pycache__) as it does on a user's machine, where pip compiles them at install:
+# without it every run compiles gpu_llm's sources again (a fixed cost in b and c, not in a).
+NO_BYTECODE_ENV = "PYTHONDONTWRITEBYTECODE"
+
+
 def pyinfra(inventory: Path, *args: str, verbose: bool = False, env: dict[str, str] | None = None) -> tuple[float, str]:
     """Run `pyinfra -y [-vv] INVENTORY ARGS...` from the project root; (seconds, output); raise if it failed."""
     cmd = [str(PYINFRA), "-y", *(["-vv"] if verbose else []), str(inventory), *args]
+    base = {k: v for k, v in os.environ.items() if k != NO_BYTECODE_ENV}
     t0 = time.monotonic()
-    proc = subprocess.run(cmd, cwd=PROJECT, capture_output=True, text=True, timeout=1800,
-                          env={**os.environ, **(env or {})})
+    proc = subprocess.run(cmd, cwd=PROJECT, capture_output=True, text=True, timeout=1800, env={**base, **(env or {})})
     seconds = time.monotonic() - t0
     out = proc.stdout + proc.stderr
     if proc.returncode != 0:
@@ -152,7 +157,7 @@ def measure(one: Path, every: Path, n_hosts: int, reps: int, hosts: list[Host] |
         "remote_commands": {k: {f: v for f, v in c.items() if f != "first_host"} for k, c in commands.items()},
         "remote_commands_b": commands["b"]["first_host"],
         "machine": {"cpus": os.cpu_count(), "loadavg_1m": round(os.getloadavg()[0], 2),
-                    "python": platform.python_version()},
+                    "python": platform.python_version(), "bytecode_cached": True},
         "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
 

@@ -8,7 +8,8 @@ Steps in file order (a failed step skips the rest):
      the provisioned dashboards and data source, answers only with the admin password from the setting, which is
      stored 0600 and never printed; Prometheus and Grafana listen on the host's private address, not on 0.0.0.0;
   2. `gpu-llm status` shows every instance, from Prometheus and from the endpoint's /metrics;
-  3. a re-run changes nothing and runs at most 2 remote commands per host (-vv; the snapshot + the existing check);
+  3. a re-run changes nothing and runs at most 2 remote commands per host (-vv; the snapshot, which reads the GPU
+     host's endpoint check too, + the gateway's check);
   4. the vLLM container stopped by hand -> `gpu-llm status` shows it down and Prometheus fires VllmInstanceDown;
      started again -> up;
   5. headless Chromium screenshots Prometheus's graph of vllm:num_requests_running while requests run: the plotted
