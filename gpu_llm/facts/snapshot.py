@@ -139,6 +139,8 @@ PS_FORMAT = f'ctr|{{{{.Names}}}}|{{{{.State}}}}|{{{{.Label "{SPEC_LABEL}"}}}}|{{
 _SOCKET = "/var/run/docker.sock"
 # Both answers come from one curl (its -w text after each body), split by the shell's pattern removal.
 _END = "~gpu-llm-end~"  # not starting with @: curl reads `-w @file` from a file
+
+
 def containers_command(socket: str = _SOCKET) -> str:
     sock = shlex.quote(socket)
     return (
