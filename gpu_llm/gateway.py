@@ -100,9 +100,14 @@ def router_listen(s: Any) -> tuple[str, int]:
     return ("127.0.0.1", s.gateway_router_port) if tls(s) else (s.gateway_bind, s.gateway_port)
 
 
+def local_address(bind: str) -> str:
+    """Where a host reaches a service of its own listening on `bind`: that address, or loopback for a wildcard."""
+    return {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(bind, bind)
+
+
 def check_address(s: Any) -> str:
-    """Where the gateway host reaches its own gateway: gateway_bind, or loopback when that is a wildcard."""
-    return {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(s.gateway_bind, s.gateway_bind)
+    """Where the gateway host reaches its own gateway."""
+    return local_address(s.gateway_bind)
 
 
 def router_args(urls: list[str], s: Any) -> list[str]:

@@ -90,7 +90,8 @@ def exporters() -> None:
     s = host_settings()
     me = _self()
     bind = mon.resolve_bind(s.monitoring_exporter_bind, me.address, "0.0.0.0")
-    ops.ubuntu_packages(name="Install Ubuntu's Prometheus node exporter", packages=["prometheus-node-exporter"])
+    packages.packages(name="Install Ubuntu's Prometheus node exporter", packages=["prometheus-node-exporter"],
+                      update=True)
     ops.configured_service(
         name=f"Run the node exporter on {bind}:{s.monitoring_node_exporter_port}", unit=NODE_EXPORTER_SERVICE,
         files={NODE_EXPORTER_DEFAULTS: (mon.node_exporter_args(bind, s.monitoring_node_exporter_port).encode(),
@@ -108,8 +109,9 @@ def exporters() -> None:
 
 
 def _local(bind: str) -> str:
-    """Where a check on the host itself reaches a service listening on `bind`."""
-    return "127.0.0.1" if bind in ("0.0.0.0", "::") else (f"[{bind}]" if ":" in bind else bind)
+    """`bind` as the host part of a URL on the host itself (gateway.local_address; IPv6 in brackets)."""
+    address = gw.local_address(bind)
+    return f"[{address}]" if ":" in address else address
 
 
 @deploy("Run Prometheus and Grafana")
@@ -120,7 +122,7 @@ def monitoring() -> None:
     bind = mon.resolve_bind(s.monitoring_bind, me.address, "127.0.0.1")
     prom = f"{_local(bind)}:{s.monitoring_prometheus_port}"
     targets = mon.targets(hosts, s)
-    ops.ubuntu_packages(name="Install Ubuntu's Prometheus", packages=["prometheus"])
+    packages.packages(name="Install Ubuntu's Prometheus", packages=["prometheus"], update=True)
     ops.configured_service(
         name=f"Run Prometheus on {bind}:{s.monitoring_prometheus_port} scraping {len(targets)} targets",
         unit=PROMETHEUS_SERVICE,
@@ -139,7 +141,7 @@ def monitoring() -> None:
     # https://grafana.com/docs/grafana/latest/setup-grafana/installation/debian/ (the stable channel)
     packages.repo(name="Add Grafana's apt repository", src=f"deb [signed-by={GRAFANA_KEY}] {base} stable main",
                   filename=GRAFANA_SOURCE)
-    ops.ubuntu_packages(name="Install Grafana", packages=["grafana"])
+    packages.packages(name="Install Grafana", packages=["grafana"], update=True)
     files = {GRAFANA_DATASOURCE: (mon.grafana_datasource(f"http://{prom}").encode(), "644"),
              GRAFANA_PROVIDER: (mon.grafana_dashboard_provider().encode(), "644"),
              GRAFANA_DROPIN: (f"# gpu-llm: managed by pyinfra\n[Service]\nEnvironmentFile={grafana_env_path(s)}\n"

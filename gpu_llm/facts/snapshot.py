@@ -54,6 +54,12 @@ class Service(JsonFact):
     active: str = ""  # `systemctl is-active`: active, inactive, failed, ... ("" without systemd)
     enabled: str = ""  # `systemctl is-enabled`: enabled, disabled, masked, ... ("" when unknown)
 
+    @property
+    def installed(self) -> bool:
+        """systemd knows a unit file of this name (or runs it): `systemctl show` of an unknown unit says inactive
+        with no unit-file state."""
+        return bool(self.enabled) or self.active not in ("", "inactive")
+
 
 @dataclass(frozen=True)
 class Verified(JsonFact):

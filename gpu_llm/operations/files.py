@@ -20,6 +20,21 @@ def state(path: str) -> FileState | None:
     return snapshot.current(host).files.get(path)
 
 
+def file_commands(path: str, content: bytes, mode: int, current: FileState | None) -> list[Any]:
+    """Commands making `path` hold `content` with `mode` (created with the mode first: no readable window)."""
+    same = current is not None and current.kind == "file" and current.sha256 == hashlib.sha256(content).hexdigest()
+    if same and current.mode == mode:
+        return []
+    commands: list[Any] = []
+    if current is None or not current.parent_dir:
+        commands.append(StringCommand("mkdir", "-p", QuoteString(path.rsplit("/", 1)[0] or "/")))
+    commands.append(StringCommand("(", "umask", "077", "&&", "touch", QuoteString(path), ")", "&&",
+                                  "chmod", str(mode), QuoteString(path)))
+    if not same:
+        commands.append(FileUploadCommand(BytesIO(content), path))
+    return commands
+
+
 @operation()
 def put(content: bytes, dest: str, mode: str):
     """

@@ -1,4 +1,4 @@
-"""Operations of the monitoring: Ubuntu packages, a service's configuration files (written, checked, the service
+"""Operations of the monitoring: a service's configuration files (written, checked, the service
 restarted only when one changed, then waited for), and the DCGM exporter container. State from the host snapshot."""
 
 from __future__ import annotations
@@ -12,36 +12,11 @@ from pyinfra.api import FileUploadCommand, QuoteString, StringCommand
 
 from gpu_llm.facts import snapshot
 from gpu_llm.operations import operation
-from gpu_llm.operations.packages import apt_get
 from gpu_llm.operations.services import service_commands
 from gpu_llm.operations.vllm import fail
 from gpu_llm.plan.container import SPEC_LABEL, spec_hash
 
 BACKUP_SUFFIX = ".before-gpu-llm"
-
-
-def missing_packages(installed: dict[str, list[str]], names: list[str]) -> list[str]:
-    return [n for n in names if n not in installed]
-
-
-@operation()
-def ubuntu_packages(packages: list[str]):
-    """
-    Install `packages` from the distribution's archive when one is missing (lists refreshed first, as on a host
-    whose lists are stale or empty); names must be in the snapshot's probe (gpu_llm.layout).
-
-    **Example:**
-
-    .. code:: python
-
-        ubuntu_packages(name="Install Prometheus", packages=["prometheus"])
-    """
-    missing = missing_packages(snapshot.current(host).packages, packages)
-    if not missing:
-        host.noop(f"installed: {', '.join(packages)}")
-        return
-    yield StringCommand(apt_get("update"))
-    yield StringCommand(apt_get("install"), *(QuoteString(p) for p in missing))
 
 
 def changed_files(files: dict[str, tuple[bytes, str]], states: dict[str, Any]) -> list[str]:

@@ -27,7 +27,6 @@ from gpu_llm.operations import (
     warn,
 )
 from gpu_llm.operations import files as gpu_files
-from gpu_llm.operations.watchdog import file_commands as gpu_files_commands
 from gpu_llm.plan import datacenter
 
 CUDA_KEYRING = "/usr/share/keyrings/cuda-archive-keyring.gpg"  # installed by the cuda-keyring package
@@ -370,7 +369,7 @@ def kernel_hold(source: str = "nvidia"):
         host.noop(f"no kernel metapackage of the running kernel {now.driver.kernel} is installed")
         return
     unheld = sorted(n for n, p in metas.items() if not p.held)
-    commands = [*(gpu_files_commands(UNATTENDED_KERNEL_CONF, unattended_kernel_conf(sorted(metas)), 644,
+    commands = [*(gpu_files.file_commands(UNATTENDED_KERNEL_CONF, unattended_kernel_conf(sorted(metas)), 644,
                                      now.files.get(UNATTENDED_KERNEL_CONF))),
                 *([StringCommand("apt-mark", "hold", *unheld)] if unheld else [])]
     if not commands:
@@ -483,7 +482,7 @@ def _service(name: str, what: str):
     """Commands that get unit `name` enabled and running, or a noop saying it already is (or is not installed)."""
     now = snapshot.current(host)
     unit = now.service(name)
-    if not unit.enabled and unit.active in ("", "inactive"):  # systemd knows no such unit file
+    if not unit.installed:
         warn(host, f"{name}.service is not installed: {what} cannot be turned on")
         host.noop(f"{name} is not installed")
         return
@@ -550,7 +549,7 @@ def persistenced(dropin: bytes):
         return
     name = datacenter.PERSISTENCED_SERVICE
     unit = now.service(name)
-    if not unit.enabled and unit.active in ("", "inactive"):  # systemd knows no such unit file
+    if not unit.installed:
         warn(host, f"{name}.service is not installed: persistence mode cannot be turned on")
         host.noop(f"{name} is not installed")
         return
@@ -558,7 +557,7 @@ def persistenced(dropin: bytes):
         yield refuse(f"{name} is configured through a systemd drop-in and systemd is not PID 1 on this host")
         return
     current = now.files.get(PERSISTENCED_DROPIN)
-    written = gpu_files_commands(PERSISTENCED_DROPIN, dropin, 644, current)
+    written = gpu_files.file_commands(PERSISTENCED_DROPIN, dropin, 644, current)
     modes = now.gpus.persistence
     off = [str(i) for i, mode in enumerate(modes) if mode != "Enabled"]
     commands = [*written, *services.service_commands(
@@ -609,7 +608,7 @@ def fabric_ready(timeout: int, driver_version: str):
         host.noop("no NVSwitch on the PCI bus: no fabric to wait for")
         return
     unit = state.service(datacenter.FABRIC_SERVICE)
-    if not unit.enabled and unit.active in ("", "inactive"):  # systemd knows no such unit: waiting cannot help
+    if not unit.installed:  # waiting cannot help
         yield refuse(f"NVSwitches are on the PCI bus but the {datacenter.FABRIC_SERVICE} service is not installed "
                      "(a driver gpu-llm does not manage, or nvidia_driver_install: false): install "
                      f"nvidia-fabricmanager-<branch> at the running driver's exact version, or set "

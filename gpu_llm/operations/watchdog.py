@@ -6,16 +6,14 @@ from the host snapshot (files' sha256/mode, the unit's active/enabled): a conver
 
 from __future__ import annotations
 
-import hashlib
 import json
-from io import BytesIO
 from typing import Any
 
 from pyinfra import host
-from pyinfra.api import FileUploadCommand, QuoteString, StringCommand
+from pyinfra.api import QuoteString, StringCommand
 
 from gpu_llm.facts import snapshot
-from gpu_llm.facts.files import FileState
+from gpu_llm.operations import files as gpu_files
 from gpu_llm.operations import operation
 from gpu_llm.operations.services import service_commands
 from gpu_llm.operations.vllm import NotPlannable, fail, host_plans
@@ -48,21 +46,6 @@ def unit_text(python: str, script: str, config: str) -> bytes:
         "[Install]\n"
         "WantedBy=multi-user.target\n"
     ).encode()
-
-
-def file_commands(path: str, content: bytes, mode: int, current: FileState | None) -> list[Any]:
-    """Commands making `path` hold `content` with `mode` (created with the mode first: no readable window)."""
-    same = current is not None and current.kind == "file" and current.sha256 == hashlib.sha256(content).hexdigest()
-    if same and current.mode == mode:
-        return []
-    commands: list[Any] = []
-    if current is None or not current.parent_dir:
-        commands.append(StringCommand("mkdir", "-p", QuoteString(path.rsplit("/", 1)[0] or "/")))
-    commands.append(StringCommand("(", "umask", "077", "&&", "touch", QuoteString(path), ")", "&&",
-                                  "chmod", str(mode), QuoteString(path)))
-    if not same:
-        commands.append(FileUploadCommand(BytesIO(content), path))
-    return commands
 
 
 @operation()
@@ -118,7 +101,7 @@ def watchdog(config: ServeConfig, enabled: bool, unit: str, unit_file: str, pyth
     commands: list[Any] = []
     changed = set()
     for path, (content, mode) in wanted.items():
-        cmds = file_commands(path, content, mode, files[path])
+        cmds = gpu_files.file_commands(path, content, mode, files[path])
         if cmds:
             changed.add(path)
         commands += cmds

@@ -8,6 +8,7 @@ import hashlib
 from gpu_llm.facts.files import FileState
 from gpu_llm.facts.snapshot import Service
 from gpu_llm.operations import monitoring as ops
+from gpu_llm.operations import packages
 from gpu_llm.plan.container import SPEC_LABEL, spec_hash
 from tests.ops import opkit
 from tests.ops.test_gateway_ops import run
@@ -27,10 +28,11 @@ def _same(content: bytes, mode: int = 644) -> FileState:
 
 
 def test_installed_packages_are_a_noop_and_missing_ones_refresh_lists_first():
-    r = opkit.run(ops.ubuntu_packages, _facts({}, packages={"prometheus": ["2.45.3"]}), packages=["prometheus"])
+    r = opkit.run(packages.packages, _facts({}, packages={"prometheus": ["2.45.3"]}), packages=["prometheus"],
+                  update=True)
     assert r.commands == [] and r.noops
-    r = opkit.run(ops.ubuntu_packages, _facts({}, packages={"prometheus": ["2.45.3"]}),
-                  packages=["prometheus", "prometheus-node-exporter"])
+    r = opkit.run(packages.packages, _facts({}, packages={"prometheus": ["2.45.3"]}),
+                  packages=["prometheus", "prometheus-node-exporter"], update=True)
     assert "apt-get" in r.commands[0] and r.commands[0].endswith(" update")
     assert r.commands[1].endswith("install prometheus-node-exporter")
 
