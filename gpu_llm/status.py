@@ -24,6 +24,7 @@ from typing import Any
 import requests
 
 from gpu_llm import monitoring as mon
+from gpu_llm.verify import error_reason
 
 EXIT_DOWN = 1
 EXIT_BAD_INPUT = 2
@@ -114,7 +115,7 @@ def _get(url: str, timeout: float, **kw: Any) -> requests.Response:
     except requests.Timeout:
         raise StatusError(f"cannot reach {url}: no answer within {timeout:g} s") from None
     except requests.ConnectionError as exc:
-        raise StatusError(f"cannot reach {url}: {_reason(exc)}") from None
+        raise StatusError(f"cannot reach {url}: {_short_text(error_reason(exc))}") from None
     except requests.RequestException as exc:
         raise StatusError(f"cannot reach {url}: {type(exc).__name__}: {_short(exc)}") from None
     if resp.status_code != 200:
@@ -122,16 +123,11 @@ def _get(url: str, timeout: float, **kw: Any) -> requests.Response:
     return resp
 
 
-def _reason(exc: Exception) -> str:
-    """The OS's words for a failed connection ("Connection refused", "Name or service not known", ...)."""
-    import re
-
-    found = re.findall(r"\[Errno -?\d+\] ([^'\")\]]+)", str(exc))
-    return found[-1].strip() if found else _short(exc)
-
-
 def _short(exc: Exception) -> str:
-    text = str(exc)
+    return _short_text(str(exc))
+
+
+def _short_text(text: str) -> str:
     return text if len(text) < 200 else text[:200] + "..."
 
 

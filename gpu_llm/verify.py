@@ -64,7 +64,7 @@ def make_session(api_key: str | None = None, *, retries: int = 3, pool_size: int
     return session
 
 
-def _reason(exc: Exception) -> str:
+def error_reason(exc: Exception) -> str:
     """Shortest useful text of a requests exception (its str() nests urllib3's whole retry history)."""
     text = str(exc)
     errno = re.search(r"\[Errno -?\d+\] ([^'\")]+)", text)
@@ -85,10 +85,10 @@ def request(
         raise VerifyError(f"{method} {url}: no answer within {timeout:g}s") from exc
     except requests.exceptions.ConnectionError as exc:
         raise VerifyError(
-            f"{method} {url}: cannot connect ({_reason(exc)}); is the server running and the port right?"
+            f"{method} {url}: cannot connect ({error_reason(exc)}); is the server running and the port right?"
         ) from exc
     except requests.exceptions.RequestException as exc:
-        raise VerifyError(f"{method} {url}: {_reason(exc)}") from exc
+        raise VerifyError(f"{method} {url}: {error_reason(exc)}") from exc
     if response.status_code == 401:
         sent = "Authorization" in session.headers or "Authorization" in kwargs.get("headers", {})
         what = "the API key was rejected (wrong key)" if sent else "the server requires an API key and none was given"
@@ -145,7 +145,7 @@ def wait_healthy(
                 return time.monotonic() - start
             last = f"HTTP {status}"
         except requests.exceptions.RequestException as exc:
-            last = _reason(exc)
+            last = error_reason(exc)
         now = time.monotonic()
         if now >= deadline:
             raise VerifyError(f"{url} not healthy after {timeout_s:g}s (last: {last})")
