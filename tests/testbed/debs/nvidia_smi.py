@@ -1,22 +1,24 @@
-#!/usr/bin/python3
+#!/usr/bin/python3 -IS
 """Stand-in nvidia-smi: answers from /etc/gpu-llm-testbed/gpus.json like the real one, only once the "module" is loaded.
 
 Shipped as /usr/bin/nvidia-smi by the testbed's nvidia-utils-<branch> package. Module state: the dkms stand-in's
 boot unit writes /run/gpu-llm-testbed/loaded-driver; the dkms postinst writes /var/lib/gpu-llm-testbed/installed-driver.
 Output formats follow real outputs in tests/fixtures/h200-host/.
+
+Lean on purpose, as it runs in every host read: the real `nvidia-smi --query-gpu` costs ~16 ms of CPU on an H200 host
+(tests/fixtures/h200-host/smi-cpu.txt); importing json and pathlib alone took 20 ms on a testbed host, so files are
+read with open() and the testbed's JSON files (plain lists of objects) as Python literals, and Python starts with -IS.
 """
 
-import json
 import sys
 import time
-from pathlib import Path
 
-GPUS = Path("/etc/gpu-llm-testbed/gpus.json")
-SWITCHES = Path("/etc/gpu-llm-testbed/nvswitches.json")
-FABRIC = Path("/run/gpu-llm-testbed/fabric-state")  # written by the fabric manager stand-in
-LOADED = Path("/run/gpu-llm-testbed/loaded-driver")
-INSTALLED = Path("/var/lib/gpu-llm-testbed/installed-driver")
-PERSISTENCED_ARGS = Path("/var/run/nvidia-persistenced/gpu-llm-testbed-args")  # written by the daemon stand-in
+GPUS = "/etc/gpu-llm-testbed/gpus.json"
+SWITCHES = "/etc/gpu-llm-testbed/nvswitches.json"
+FABRIC = "/run/gpu-llm-testbed/fabric-state"  # written by the fabric manager stand-in
+LOADED = "/run/gpu-llm-testbed/loaded-driver"
+INSTALLED = "/var/lib/gpu-llm-testbed/installed-driver"
+PERSISTENCED_ARGS = "/var/run/nvidia-persistenced/gpu-llm-testbed-args"  # written by the daemon stand-in
 CUDA = {"570": "12.8", "575": "12.9", "580": "13.0"}  # CUDA version each driver branch reports
 LEGEND = """
 Legend:
@@ -31,25 +33,37 @@ Legend:
 """
 
 
-def read(path: Path) -> str:
-    return path.read_text().strip() if path.exists() else ""
+def read(path: str) -> str:
+    try:
+        with open(path) as f:
+            return f.read().strip()
+    except OSError:
+        return ""
+
+
+def load_json(path: str) -> list:
+    """A JSON file the testbed wrote (lists of objects of strings, numbers and booleans), [] when absent."""
+    text = read(path)
+    return eval(text, {"__builtins__": {}, "true": True, "false": False, "null": None}) if text else []
 
 
 def persistence_mode() -> str:
     """Enabled while the persistence daemon stand-in runs without --no-persistence-mode (its arguments and pid are in
     PERSISTENCED_ARGS), else Disabled: what the real nvidia-smi reports with nvidia-persistenced's default unit."""
     pid, _, args = read(PERSISTENCED_ARGS).partition(" ")
-    if not pid.isdigit() or not Path(f"/proc/{pid}").exists():
+    if not pid.isdigit() or not read(f"/proc/{pid}/stat"):
         return "Disabled"
     return "Disabled" if "--no-persistence-mode" in args.split() else "Enabled"
 
 
-def fields(gpu: dict, index: int, driver: str) -> dict:
-    """Value of every supported --query-gpu field as (header, value, unit)."""
+def fields(gpu: dict, index: int, driver: str, shared: dict) -> dict:
+    """Value of every supported --query-gpu field as (header, value, unit); `shared`: what all GPUs have in common
+    (count, persistence mode, fabric state), read once per call."""
     mem = gpu["memory_mib"]
+    fabric_state = shared["fabric"]
     return {
         "index": ("index", str(index), ""),
-        "count": ("count", str(len(load_gpus())), ""),
+        "count": ("count", str(shared["count"]), ""),
         "name": ("name", gpu["name"], ""),
         "gpu_name": ("name", gpu["name"], ""),
         "uuid": ("uuid", gpu["uuid"], ""),
@@ -64,28 +78,27 @@ def fields(gpu: dict, index: int, driver: str) -> dict:
         "pci.device_id": ("pci.device_id", f"0x{int(gpu['pci_device_id'], 16):04X}10DE", ""),
         "pcie.link.gen.current": ("pcie.link.gen.current", str(gpu.get("pcie_gen", 4)), ""),
         "pcie.link.width.current": ("pcie.link.width.current", str(gpu.get("pcie_width", 16)), ""),
-        "persistence_mode": ("persistence_mode", persistence_mode(), ""),
+        "persistence_mode": ("persistence_mode", shared["persistence"], ""),
         "temperature.gpu": ("temperature.gpu", "30", ""),
         "utilization.gpu": ("utilization.gpu [%]", "0", " %"),
         "power.limit": ("power.limit [W]", f"{gpu.get('power_w', 300)}.00", " W"),
         "mig.mode.current": ("mig.mode.current", "Disabled" if gpu.get("mig_capable") else "[N/A]", ""),
-        "fabric.state": ("fabric.state", fabric()[0], ""),
-        "fabric.status": ("fabric.status", fabric()[1], ""),
+        "fabric.state": ("fabric.state", fabric_state[0], ""),
+        "fabric.status": ("fabric.status", fabric_state[1], ""),
     }
 
 
 def fabric() -> tuple:
     """(state, status) of every GPU: "N/A" without NVSwitches; else the fabric manager stand-in's progress
     ("Not Started" until it runs, "In Progress", "Completed" with status "Success")."""
-    switches = json.loads(SWITCHES.read_text()) if SWITCHES.exists() else []
-    if not switches:
+    if not load_json(SWITCHES):
         return ("N/A", "N/A")
     state = read(FABRIC) or "Not Started"
     return (state, "Success" if state == "Completed" else "N/A")
 
 
 def load_gpus() -> list:
-    return json.loads(GPUS.read_text()) if GPUS.exists() else []
+    return load_json(GPUS)
 
 
 def query(spec: str, fmt: str, gpus: list, driver: str) -> int:
@@ -94,7 +107,8 @@ def query(spec: str, fmt: str, gpus: list, driver: str) -> int:
         print(f'"{fmt}" is not a valid format.', file=sys.stderr)
         return 2
     names = [f.strip() for f in spec.split(",") if f.strip()]
-    rows = [fields(g, i, driver) for i, g in enumerate(gpus)]
+    shared = {"count": len(gpus), "persistence": persistence_mode(), "fabric": fabric()}
+    rows = [fields(g, i, driver, shared) for i, g in enumerate(gpus)]
     for n in names:
         if rows and n not in rows[0]:
             print(f'Field "{n}" is not a valid field to query.\n', file=sys.stderr)
