@@ -212,10 +212,13 @@ def snapshot_parts(probe: Probe) -> dict[str, str]:
 
 
 def snapshot_command(probe: Probe) -> str:
-    """The one shell command: the PCI bus scanned once, then each part in its own subshell, after a part marker."""
+    """The one shell command: the PCI bus scanned once, then each part in its own subshell, after a part marker; the
+    output collected and printed at the end."""
     # a marker starts on a line of its own even when the part before ended without a newline (cat of a file)
-    return PRELUDE + "; " + "; ".join(f"printf '\\n{PART}{name}\\n'; ( {command} )"
-                                      for name, command in snapshot_parts(probe).items())
+    parts = "; ".join(f"printf '\\n{PART}{name}\\n'; ( {command} )" for name, command in snapshot_parts(probe).items())
+    # written in one go: the parts' many small writes were as many SSH packets, each decrypted and MAC-checked in
+    # Python by paramiko (controller CPU of a 6-host no-op run's execution phase 0.157 -> 0.116 s, 5 runs each)
+    return f"o=$({PRELUDE}; {parts}); printf '%s\\n' \"$o\""
 
 
 # ---- parsing (pure) ---------------------------------------------------------------------------------------------
