@@ -308,3 +308,49 @@ def test_snapshot_cpu_benchmark_times_the_whole_read_and_every_part() -> None:
     assert all(c.startswith(PRELUDE) for name, c in cmds.items() if name != "whole")
     assert cmds["whole"].startswith("o=$(" + PRELUDE)  # the whole read collects its output, printed at the end
     assert cmds["whole"].count("dpkg-query") == 1 and "dpkg-query" in cmds["packages"]
+
+
+def test_systemctl_is_asked_only_for_units_with_a_unit_file(tmp_path: Path) -> None:
+    """Units without a file in any unit directory get systemctl's not-found block from the shell; the others (a
+    transient one included) come from one systemctl; both parse alike."""
+    import os
+
+    from gpu_llm.facts.snapshot import _services_command, parse_services
+
+    etc, transient, lib = (tmp_path / d for d in ("etc", "transient", "lib"))
+    for d in (etc, transient, lib):
+        d.mkdir()
+    (lib / "docker.service").write_text("[Unit]\n")
+    (transient / "gpu-llm-model-download.service").write_text("[Unit]\n")
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    asked = tmp_path / "asked"
+    # a systemctl that records what it was asked and answers like `systemctl show` for each unit
+    (bin_dir / "systemctl").write_text(
+        f'#!/bin/sh\necho "$@" > {asked}\nshift 7\nfor u in "$@"; do case "$u" in *.*) ;; *) u=$u.service;; esac\n'
+        'printf "Id=%s\\nActiveState=active\\nUnitFileState=enabled\\n\\n" "$u"; done\n')
+    (bin_dir / "systemctl").chmod(0o755)
+    units = ("docker", "prometheus", "gpu-llm-model-download.service", "grafana-server")
+    command = _services_command(units, (str(etc), str(transient), str(lib)), booted=str(tmp_path))
+    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}"}
+    out = subprocess.run(["sh", "-c", command], capture_output=True, text=True, check=True, env=env).stdout
+    assert asked.read_text().split() == ["show", "-p", "Id", "-p", "ActiveState", "-p", "UnitFileState", "--",
+                                         "docker", "gpu-llm-model-download.service"]
+    services = parse_services(out.splitlines())
+    assert services["docker"].active == "active" and services["docker.service"].enabled == "enabled"
+    assert services["gpu-llm-model-download.service"].active == "active"
+    assert services["prometheus"].active == "inactive" and services["prometheus.service"].enabled == ""
+    assert services["grafana-server"].active == "inactive"
+    (etc / "grafana-server.service").symlink_to("/dev/null")  # a masked unit has a file: systemctl is asked
+    asked.unlink()
+    subprocess.run(["sh", "-c", command], capture_output=True, text=True, check=True, env=env)
+    assert "grafana-server" in asked.read_text().split()
+    for f in (lib / "docker.service", transient / "gpu-llm-model-download.service", etc / "grafana-server.service"):
+        f.unlink()
+    asked.unlink()
+    out = subprocess.run(["sh", "-c", command], capture_output=True, text=True, check=True, env=env).stdout
+    assert not asked.exists() and set(parse_services(out.splitlines())) >= {"docker", "prometheus.service"}
+    # without systemd running, systemctl is asked for every unit, as before
+    command = _services_command(units, (str(etc), str(transient), str(lib)), booted=str(tmp_path / "no-systemd"))
+    subprocess.run(["sh", "-c", command], capture_output=True, text=True, check=True, env=env)
+    assert asked.read_text().split()[8:] == list(units)
