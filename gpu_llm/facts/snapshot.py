@@ -165,7 +165,9 @@ def _services_command(names: tuple[str, ...], unit_dirs: tuple[str, ...] = UNIT_
 API = "docker-api "
 PS_FORMAT = f'ctr|{{{{.Names}}}}|{{{{.State}}}}|{{{{.Label "{SPEC_LABEL}"}}}}|{{{{.Label "{MANAGED_LABEL}"}}}}'
 _SOCKET = "/var/run/docker.sock"
-# Both answers come from one curl (its -w text after each body), split by the shell's pattern removal.
+# Both answers come from one curl (its -w text after each body), split by the shell's pattern removal. The images
+# answer comes first: dash's ${r#*pattern} costs the square of the length it skips (11 ms of CPU for 6 KB on a testbed
+# host), and a host's images answer is the shorter one (each container is ~1.5 KB of JSON).
 _END = "~gpu-llm-end~"  # not starting with @: curl reads `-w @file` from a file
 
 
@@ -173,9 +175,9 @@ def containers_command(socket: str = _SOCKET) -> str:
     sock = shlex.quote(socket)
     return (
         f"if [ -S {sock} ] && command -v curl >/dev/null 2>&1; then "
-        f"r=$(curl -sf -m 20 --unix-socket {sock} -w '{_END}' 'http://docker/containers/json?all=1' "
-        f"http://docker/images/json); printf '{API}containers %s\\n' \"${{r%%{_END}*}}\"; r=${{r#*{_END}}}; "
-        f"printf '{API}images %s\\n' \"${{r%%{_END}*}}\"; "
+        f"r=$(curl -sf -m 20 --unix-socket {sock} -w '{_END}' http://docker/images/json "
+        f"'http://docker/containers/json?all=1'); i=${{r%%{_END}*}}; r=${{r#*{_END}}}; "
+        f"printf '{API}containers %s\\n' \"${{r%{_END}}}\"; printf '{API}images %s\\n' \"$i\"; "
         "elif command -v docker >/dev/null 2>&1; then "
         f"docker ps -a --no-trunc --format {shlex.quote(PS_FORMAT)} 2>/dev/null; "
         "docker images --digests --format 'image {{.Repository}}:{{.Tag}} {{.Repository}}@{{.Digest}}' "
