@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 
 from pyinfra import host
-from pyinfra.context import ContextObject, ctx_host
 
 from gpu_llm import layout
 from gpu_llm.facts import snapshot
@@ -22,7 +21,7 @@ _PROBED = "_gpu_llm_probed_settings"  # the settings the host's probe was built 
 def host_settings() -> Settings:
     """This host's settings (validated once per host and run), with the host snapshot told what to read."""
     s = for_host(host)
-    real = ctx_host.get() if isinstance(host, ContextObject) else host
+    real = snapshot.real_host(host)
     if vars(real).get(_PROBED) is not s:  # every deploy step asks: build the probe once
         snapshot.use(real, layout.probe(s))
         vars(real)[_PROBED] = s

@@ -135,11 +135,12 @@ UNIT_DIRS = ("/etc/systemd/system.control", "/run/systemd/system.control", "/run
              "/run/systemd/system", "/run/systemd/system.attached", "/run/systemd/generator",
              "/usr/local/lib/systemd/system", "/usr/lib/systemd/system", "/lib/systemd/system",
              "/run/systemd/generator.late")
+SYSTEMD_BOOTED = "/run/systemd/system"  # exists while systemd is PID 1 (sd_booted(3))
 NOT_FOUND = "Id=%s\\nActiveState=inactive\\nUnitFileState=\\n\\n"  # systemctl show's block for a unit it cannot find
 
 
 def _services_command(names: tuple[str, ...], unit_dirs: tuple[str, ...] = UNIT_DIRS,
-                      booted: str = "/run/systemd/system") -> str:
+                      booted: str = SYSTEMD_BOOTED) -> str:
     """One `systemctl show` (Id, ActiveState, UnitFileState; units apart by an empty line) for the units with a unit
     file; for the others the block systemctl prints for a unit it cannot find, without asking it. Each unknown unit
     costs PID 1 ~2 ms of CPU to look for, and most of gpu-llm's units are absent on a host of one role (the
@@ -215,7 +216,7 @@ def snapshot_parts(probe: Probe) -> dict[str, str]:
     """{part: its shell command}, each run after PRELUDE (benchmarks/snapshot_cpu.py times them one by one)."""
     return {
         "preflight": Preflight().command(path=probe.model_dir, pci_var=True),
-        "systemd": "[ -d /run/systemd/system ] && echo yes; true",
+        "systemd": f"[ -d {SYSTEMD_BOOTED} ] && echo yes; true",
         # nvidia-smi once, in the GPU part (~25 ms of host CPU each); dpkg once, in the packages part
         "driver": NvidiaDriver().command(smi=False, dpkg=False),
         "gpus": NvidiaGpus().command(pci_var=True),
@@ -427,13 +428,13 @@ _STATE = "_gpu_llm_snapshot"  # lives on the host object: it ends with the run (
 _PROBE = "_gpu_llm_probe"
 
 
-def _real(host: Any) -> Any:
+def real_host(host: Any) -> Any:
     return ctx_host.get() if isinstance(host, ContextObject) else host  # pyinfra's `host` proxy -> the real one
 
 
 def use(host: Any, probe: Probe) -> None:
     """Tell the snapshot what to read on `host` (the deploys call this with the same probe every time)."""
-    h = vars(_real(host))
+    h = vars(real_host(host))
     if h.get(_PROBE) != probe:
         h[_PROBE] = probe
         h.pop(_STATE, None)
@@ -441,18 +442,18 @@ def use(host: Any, probe: Probe) -> None:
 
 def current(host: Any) -> HostState:
     """The host's state: read once, reused until invalidate()."""
-    h = vars(_real(host))
+    h = vars(real_host(host))
     if _STATE not in h:
         probe = h.get(_PROBE)
         if probe is None:
             raise RuntimeError("gpu_llm.facts.snapshot.use(host, probe) was not called before reading host state")
-        h[_STATE] = _real(host).get_fact(HostSnapshot, **probe.kwargs())
+        h[_STATE] = real_host(host).get_fact(HostSnapshot, **probe.kwargs())
     return h[_STATE]
 
 
 def invalidate(host: Any) -> None:
     """Something on the host is changing: the next current() reads it again."""
-    vars(_real(host)).pop(_STATE, None)
+    vars(real_host(host)).pop(_STATE, None)
 
 
 def fresh(host: Any) -> HostState:
