@@ -5,8 +5,10 @@
 Brings up its own testbed (GPU_LLM_TESTBED_ID), converges the hosts in one pyinfra run, then times, interleaved
 (a, b, c, ... per rep): (a) `exec -- true` on 1 host, (b) a no-op deploy.py on 1 host, (c) the same on all hosts
 in one run; beside them (a_all) `exec -- true` on all hosts (how the floor itself scales on this machine) and
-(b_inspect, c_inspect) b and c with pyinfra's own operation-order walk (GPU_LLM_OP_ORDER=inspect). Medians give
-`b/a` and `c/b`; a -vv run of each counts the remote commands (pyinfra's `>>>` lines).
+(b_inspect, c_inspect) b and c with pyinfra's own operation-order walk (GPU_LLM_OP_ORDER=inspect), and (b_replay,
+c_replay) b and c with each host's snapshot read replayed from a recording (benchmarks/replay_read.py): the hosts share
+this machine's cores with the controller, and c_replay/b_replay shows how c/b scales without their reads' CPU.
+Medians give `b/a` and `c/b`; a -vv run of each counts the remote commands (pyinfra's `>>>` lines).
 """
 
 from __future__ import annotations
@@ -47,9 +49,15 @@ FLOOR_ARGS = ("exec", "--", "true")
 NO_BYTECODE_ENV = "PYTHONDONTWRITEBYTECODE"
 
 
-def pyinfra(inventory: Path, *args: str, verbose: bool = False, env: dict[str, str] | None = None) -> tuple[float, str]:
-    """Run `pyinfra -y [-vv] INVENTORY ARGS...` from the project root; (seconds, output); raise if it failed."""
-    cmd = [str(PYINFRA), "-y", *(["-vv"] if verbose else []), str(inventory), *args]
+REPLAY_READ = Path(__file__).resolve().parent / "replay_read.py"
+
+
+def pyinfra(inventory: Path, *args: str, verbose: bool = False, env: dict[str, str] | None = None,
+            read: str | None = None) -> tuple[float, str]:
+    """Run `pyinfra -y [-vv] INVENTORY ARGS...` from the project root; (seconds, output); raise if it failed.
+    read="record"/"replay": through benchmarks/replay_read.py (the hosts' snapshot reads recorded or replayed)."""
+    start = [str(PYINFRA.parent / "python"), str(REPLAY_READ), read] if read else [str(PYINFRA)]
+    cmd = [*start, "-y", *(["-vv"] if verbose else []), str(inventory), *args]
     base = {k: v for k, v in os.environ.items() if k != NO_BYTECODE_ENV}
     t0 = time.monotonic()
     proc = subprocess.run(cmd, cwd=PROJECT, capture_output=True, text=True, timeout=1800, env={**base, **(env or {})})
@@ -60,9 +68,10 @@ def pyinfra(inventory: Path, *args: str, verbose: bool = False, env: dict[str, s
     return seconds, out
 
 
-def noop_run(inventory: Path, *args: str, verbose: bool = False, env: dict[str, str] | None = None) -> tuple[float, str]:
+def noop_run(inventory: Path, *args: str, verbose: bool = False, env: dict[str, str] | None = None,
+             read: str | None = None) -> tuple[float, str]:
     """A deploy.py run that must change nothing (the benchmark measures re-runs of converged hosts)."""
-    seconds, out = pyinfra(inventory, "deploy.py", *args, verbose=verbose, env=env)
+    seconds, out = pyinfra(inventory, "deploy.py", *args, verbose=verbose, env=env, read=read)
     ops, changed, errors = parse_results(out)
     if changed or errors or not ops:
         raise RuntimeError(f"not a no-op run ({changed} changed, {errors} errors, {len(ops)} ops):\n{out[-4000:]}")
@@ -118,8 +127,11 @@ def measure(one: Path, every: Path, n_hosts: int, reps: int, hosts: list[Host] |
             "c": lambda **kw: noop_run(every, **kw),
             "a_all": lambda **kw: pyinfra(every, *FLOOR_ARGS, **kw),
             "b_inspect": lambda **kw: noop_run(one, env=inspect, **kw),
-            "c_inspect": lambda **kw: noop_run(every, env=inspect, **kw)}
+            "c_inspect": lambda **kw: noop_run(every, env=inspect, **kw),
+            "b_replay": lambda **kw: noop_run(one, read="replay", **kw),
+            "c_replay": lambda **kw: noop_run(every, read="replay", **kw)}
     noop_run(every)  # warm-up, and proof that the converged hosts re-run as a no-op before anything is timed
+    noop_run(every, read="record")  # each host's read, kept on the host for b_replay and c_replay
     times: dict[str, list[float]] = {k: [] for k in runs}
     cpu: dict[str, dict[str, list[float]]] = {k: {"controller": [], "hosts": []} for k in runs}
     for i in range(reps):
@@ -143,7 +155,9 @@ def measure(one: Path, every: Path, n_hosts: int, reps: int, hosts: list[Host] |
                  "c": f"no-op deploy.py re-run, {n_hosts} converged hosts in one pyinfra run",
                  "a_all": f"pyinfra INVENTORY exec -- true ({n_hosts} hosts): the floor's own scaling",
                  "b_inspect": f"b with {OP_ORDER_ENV}=inspect (pyinfra's inspect.stack() operation order)",
-                 "c_inspect": f"c with {OP_ORDER_ENV}=inspect"},
+                 "c_inspect": f"c with {OP_ORDER_ENV}=inspect",
+                 "b_replay": "b with the host's snapshot read replayed from a recording (benchmarks/replay_read.py)",
+                 "c_replay": "c with each host's snapshot read replayed from a recording"},
         "median_s": medians, "times_s": times,
         "cpu_s": {"median": cpu_median, "what": "CPU seconds per run: the pyinfra process (controller) and the testbed "
                                                 "hosts' cgroups (hosts), which share this machine's cores"},
@@ -152,10 +166,12 @@ def measure(one: Path, every: Path, n_hosts: int, reps: int, hosts: list[Host] |
         "ratios": {"b/a": round(medians["b"] / medians["a"], 2), "c/b": round(medians["c"] / medians["b"], 2),
                    "a_all/a": round(medians["a_all"] / medians["a"], 2),
                    "b_inspect/b": round(medians["b_inspect"] / medians["b"], 2),
-                   "c_inspect/c": round(medians["c_inspect"] / medians["c"], 2)},
+                   "c_inspect/c": round(medians["c_inspect"] / medians["c"], 2),
+                   "c_replay/b_replay": round(medians["c_replay"] / medians["b_replay"], 2)},
         "targets": TARGETS, "reference": REFERENCE,
         "remote_commands": {k: {f: v for f, v in c.items() if f != "first_host"} for k, c in commands.items()},
         "remote_commands_b": commands["b"]["first_host"],
+        "remote_commands_b_replay": commands["b_replay"]["first_host"],
         "machine": {"cpus": os.cpu_count(), "loadavg_1m": round(os.getloadavg()[0], 2),
                     "python": platform.python_version(), "bytecode_cached": True},
         "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -171,7 +187,7 @@ def report(result: dict, out: Path) -> None:
     for ratio, value in result["ratios"].items():
         print(f"{ratio} = {value:.2f}")
     cpu, bound = result["cpu_s"]["median"], result["cpu_bound"]
-    for key in ("b", "c"):
+    for key in ("b", "c", "b_replay", "c_replay"):
         print(f"CPU {key}: controller {cpu[key]['controller']:.2f}s, hosts {cpu[key]['hosts'] or 0:.2f}s")
     print(f"c's CPU {bound['c_cpu_s']:.2f}s on {bound['cores']} cores: c >= {bound['c_min_s']:.2f}s, "
           f"c_min/b = {bound['c_min/b']:.2f}")

@@ -1,7 +1,8 @@
 """No-op re-run benchmark (benchmarks/rerun.py) once on the session testbed: prints b/a and c/b, checks the JSON.
 
 A benchmark, not a timed test: the time targets (b/a <= 1.8, c/b <= 1.3) are reported, never asserted; the count of
-remote commands per no-op host (one snapshot + the endpoint check, target <= 4) is not a timing and is asserted."""
+remote commands per no-op host (one snapshot read, endpoint check included; target <= 4) is not a timing and is
+asserted, and so is that replaying the hosts' reads (b_replay, c_replay) lowers the hosts' CPU of c."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from benchmarks.replay_read import RECORDING
 from benchmarks.rerun import run
 from tests.testbed.harness import Testbed
 
@@ -40,6 +42,11 @@ def test_rerun_benchmark_writes_sane_numbers(testbed: Testbed, tmp_path: Path,
     assert cpu["c"]["controller"] > 0 and cpu["b"]["controller"] > 0
     assert cpu["c"]["hosts"] is None or cpu["c"]["hosts"] > cpu["b"]["hosts"] >= 0  # 3 hosts' snapshots vs 1
     assert cmds["b"]["total"] <= 4, saved["remote_commands_b"]
+    # b_replay / c_replay: the same runs with each host's read replayed from its recording (benchmarks/replay_read.py)
+    assert cmds["b_replay"]["total"] == cmds["b"]["total"] and cmds["c_replay"]["hosts"] == HOSTS
+    assert f"cat {RECORDING}" in saved["remote_commands_b_replay"][0]
+    assert saved["ratios"]["c_replay/b_replay"] == round(med["c_replay"] / med["b_replay"], 2)
+    assert cpu["c"]["hosts"] is None or cpu["c_replay"]["hosts"] < cpu["c"]["hosts"]  # the reads' CPU is what it drops
     with capsys.disabled():  # into CI's log even under -q
         print(f"\nrerun benchmark ({HOSTS} hosts, {REPS} reps, medians a {med['a']:.2f} s, b {med['b']:.2f} s, "
               f"c {med['c']:.2f} s; {cmds['b']['total']} remote commands per no-op host):\n"
@@ -47,6 +54,8 @@ def test_rerun_benchmark_writes_sane_numbers(testbed: Testbed, tmp_path: Path,
               f"a_all/a = {saved['ratios']['a_all/a']:.2f} (the floor on {HOSTS} hosts vs 1)\n"
               f"b_inspect/b = {saved['ratios']['b_inspect/b']:.2f}, c_inspect/c = {saved['ratios']['c_inspect/c']:.2f} "
               "(pyinfra's own operation-order walk vs gpu_llm/op_order.py)\n"
+              f"c_replay/b_replay = {saved['ratios']['c_replay/b_replay']:.2f} (each host's read replayed from a "
+              "recording: c/b without the hosts' read CPU on this machine's cores)\n"
               f"CPU of c: controller {saved['cpu_s']['median']['c']['controller']:.2f} s + hosts "
               f"{saved['cpu_s']['median']['c']['hosts'] or 0:.2f} s on {saved['cpu_bound']['cores']} cores: "
               f"c >= {saved['cpu_bound']['c_min_s']:.2f} s, c_min/b = {saved['cpu_bound']['c_min/b']:.2f}", flush=True)
