@@ -30,8 +30,7 @@ def wrap(mode: str, real: Callable[[snapshot.Probe], str], recording: str = RECO
     """snapshot_command for `mode`: the real read teeing its output into `recording`, or a cat of it."""
     path = shlex.quote(recording)
     if mode == "record":
-        # the real command ends `printf '%s\n' "$o"`: the pipe takes that printf, after the read
-        return lambda probe: f"{real(probe)} | tee {path}"
+        return lambda probe: f"{{ {real(probe)}; }} | tee {path}"  # the whole read's output, whatever its shape
     if mode == "replay":
         return lambda probe: f"cat {path}"
     raise ValueError(f"mode {mode!r}: allowed values are {', '.join(MODES)}")
